@@ -1,0 +1,3 @@
+"""evalkit: one fair protocol for evaluating large audio language models."""
+
+__version__ = "0.1.0"

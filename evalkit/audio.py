@@ -1,0 +1,84 @@
+"""Audio I/O in one place: decode (soundfile), downmix, resample (soxr), validate,
+and resolve paths from data files without letting them escape their data root."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evalkit.types import AudioRef
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used; the message names the file."""
+
+
+class UnsafePathError(ValueError):
+    pass
+
+
+def resolve_under(root: str | os.PathLike, relative: str, what: str = "audio path") -> Path:
+    """Join a path read from a data file onto its root, refusing escapes
+    (absolute paths, `..`, symlinks pointing outside)."""
+    root_path = Path(root).resolve()
+    rel = str(relative).strip()
+    if not rel:
+        raise UnsafePathError(f"empty {what}")
+    candidate = Path(rel)
+    if candidate.is_absolute():
+        raise UnsafePathError(f"{what} {rel!r} is absolute; paths in data files must be relative to {root_path}")
+    full = (root_path / candidate).resolve()
+    if full != root_path and root_path not in full.parents:
+        raise UnsafePathError(f"{what} {rel!r} escapes the data root {root_path}")
+    return full
+
+
+def resample(x, sr_in: int, sr_out: int):
+    if sr_in == sr_out:
+        return x
+    import soxr
+
+    return soxr.resample(x, sr_in, sr_out, quality="HQ")
+
+
+def decode_audio(ref: "AudioRef", sample_rate: int | None = None):
+    """(float32 mono array, rate) for an AudioRef; raises AudioError naming the source."""
+    import numpy as np
+
+    name = ref.describe()
+    if ref.array is not None:
+        x, sr = np.asarray(ref.array, dtype=np.float32), int(ref.sample_rate)
+    else:
+        import soundfile as sf
+
+        try:
+            src = str(ref.path) if ref.path is not None else io.BytesIO(ref.data)
+            x, sr = sf.read(src, dtype="float32", always_2d=True)
+        except FileNotFoundError:
+            raise AudioError(f"audio file not found: {name}") from None
+        except Exception as e:  # soundfile raises LibsndfileError / RuntimeError
+            if ref.path is not None and not Path(ref.path).exists():
+                raise AudioError(f"audio file not found: {name}") from None
+            raise AudioError(f"cannot decode audio {name}: {e}") from None
+        x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    if x.ndim != 1:
+        x = x.reshape(-1)
+    if x.size == 0:
+        raise AudioError(f"audio {name} is empty (0 samples)")
+    if not np.isfinite(x).all():
+        raise AudioError(f"audio {name} contains NaN or infinite samples")
+    if sample_rate is not None and sample_rate != sr:
+        x = resample(x, sr, sample_rate).astype(np.float32, copy=False)
+        sr = sample_rate
+    return x, sr
+
+
+def encode_wav(x, sample_rate: int) -> bytes:
+    """16-bit PCM WAV bytes (what chat APIs accept as `input_audio`)."""
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, x, sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()

@@ -1,0 +1,1 @@
+"""The protocol that makes numbers comparable: choice order and answer extraction."""

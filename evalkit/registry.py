@@ -1,0 +1,73 @@
+"""One registry for tasks and models, with lazy imports.
+
+Built-in entries are "module:attribute" strings, imported only when asked for.
+Third-party plugins register through the `evalkit.tasks` / `evalkit.models`
+entry-point groups. A name registered twice is an error.
+"""
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any
+
+BUILTIN_TASKS: dict[str, str] = {
+    "mmau": "evalkit.tasks.mmau:MMAU",
+    "mmar": "evalkit.tasks.mmar:MMAR",
+    "mmsu": "evalkit.tasks.mmsu:MMSU",
+    "cochlscene": "evalkit.tasks.cochlscene:CochlScene",
+    "akb2000": "evalkit.tasks.akb2000:AKB2000",
+}
+
+BUILTIN_MODELS: dict[str, str] = {
+    "predictions": "evalkit.models.predictions:PredictionsFile",
+    "openai": "evalkit.models.openai_compat:OpenAICompatible",
+}
+
+
+class RegistryError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+def register_builtin(kind: str, name: str, target: str) -> None:
+    table = BUILTIN_TASKS if kind == "task" else BUILTIN_MODELS
+    if name in table and table[name] != target:
+        raise RegistryError(f"duplicate {kind} name {name!r}: {table[name]} and {target}")
+    table[name] = target
+
+
+@lru_cache(maxsize=None)
+def _table(kind: str) -> dict[str, str]:
+    table = dict(BUILTIN_TASKS if kind == "task" else BUILTIN_MODELS)
+    group = "evalkit.tasks" if kind == "task" else "evalkit.models"
+    for ep in entry_points(group=group):
+        if ep.name in table and table[ep.name] != ep.value:
+            raise RegistryError(
+                f"duplicate {kind} name {ep.name!r}: plugin {ep.value} clashes with {table[ep.name]}")
+        table[ep.name] = ep.value
+    return table
+
+
+def _load(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def names(kind: str) -> list[str]:
+    return sorted(_table(kind))
+
+
+def get(kind: str, name: str) -> Any:
+    table = _table(kind)
+    if name not in table:
+        raise RegistryError(f"unknown {kind} {name!r}; known: {', '.join(sorted(table))}")
+    return _load(table[name])
+
+
+def get_task(name: str) -> Any:
+    return get("task", name)
+
+
+def get_model(name: str) -> Any:
+    return get("model", name)

@@ -1,0 +1,2 @@
+"""Model adapters. Each module imports its heavy dependencies lazily (inside methods),
+so that `evalkit list models` never imports torch, transformers or vllm."""

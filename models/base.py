@@ -1,0 +1,65 @@
+"""The adapter contract: one required method, batched `generate`.
+
+An adapter reads like a page: a typed `Config` (pydantic, extra="forbid", so a
+typo in `-M key=value` fails at load), declared `capabilities` (the runner
+refuses impossible pairings before any work starts), and `generate`.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from evalkit.types import Request, Response
+
+
+class AdapterConfig(BaseModel):
+    """Base for adapter configs. Fields typed SecretStr never reach logs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Model:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: "audio": accepts audio parts; "text": accepts text-only requests;
+    #: "multi_audio": more than one audio part per request.
+    capabilities: ClassVar[frozenset[str]] = frozenset({"text"})
+    Config: ClassVar[type[AdapterConfig]] = AdapterConfig
+    #: rate the runner decodes audio to before `generate` (None: native rate)
+    sample_rate: ClassVar[int | None] = 16000
+    default_batch_size: ClassVar[int] = 8
+    #: for `evalkit list models`
+    source: ClassVar[str] = ""
+
+    def __init__(self, config: AdapterConfig):
+        self.config = config
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> "Model":
+        return cls(cls.Config(**args))
+
+    def generate(self, requests: list[Request]) -> list[Response]:
+        """One Response per Request, same keys. A failure of one request should be a
+        Response with `error` set, not an exception (an exception fails the batch)."""
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        """Resolved identity for run.json (hub id, revision, dtype...), no secrets."""
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def redact_args(config: BaseModel) -> dict[str, Any]:
+    """Adapter args as logged: SecretStr values and key-like names are masked."""
+    out: dict[str, Any] = {}
+    for name, value in config:
+        if isinstance(value, SecretStr) or any(s in name.lower() for s in ("key", "token", "secret", "password")):
+            out[name] = "***" if value else None
+        elif isinstance(value, BaseModel):
+            out[name] = redact_args(value)
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,1 @@
+"""Benchmarks: one module each, a small declarative task definition plus its loader."""
