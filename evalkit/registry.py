@@ -2,11 +2,14 @@
 
 Built-in entries are "module:attribute" strings, imported only when asked for.
 Third-party plugins register through the `evalkit.tasks` / `evalkit.models`
-entry-point groups. A name registered twice is an error.
+entry-point groups; during development, without packaging, the environment
+variables EVALKIT_TASKS / EVALKIT_MODELS ("name=module:attr,...") do the same.
+A name registered twice is an error.
 """
 from __future__ import annotations
 
 import importlib
+import os
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
@@ -46,6 +49,14 @@ def _table(kind: str) -> dict[str, str]:
             raise RegistryError(
                 f"duplicate {kind} name {ep.name!r}: plugin {ep.value} clashes with {table[ep.name]}")
         table[ep.name] = ep.value
+    env = os.environ.get("EVALKIT_TASKS" if kind == "task" else "EVALKIT_MODELS", "")
+    for item in filter(None, (x.strip() for x in env.split(","))):
+        name, sep, target = item.partition("=")
+        if not sep or ":" not in target:
+            raise RegistryError(f"bad plugin entry {item!r}: expected name=module:attr")
+        if name in table and table[name] != target:
+            raise RegistryError(f"duplicate {kind} name {name!r}: {target} clashes with {table[name]}")
+        table[name] = target
     return table
 
 

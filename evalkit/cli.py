@@ -1,0 +1,252 @@
+"""The `evalkit` command line (typer + rich).
+
+Importing this module must stay light: no torch, transformers or vllm. Heavy
+work is imported inside the commands that need it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="evalkit: evaluate audio language models under one fair protocol.\n\n"
+         "Example: evalkit run --model openai -M model=gpt-4o-audio-preview --task mmau "
+         "-T data=mmau-test-mini.json -T audio_root=./mmau",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Build benchmark data from its sources.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+out = Console()
+
+
+def parse_kv(pairs: list[str] | None, flag: str) -> dict[str, Any]:
+    """`key=value` pairs; values starting with { or [ are parsed as JSON."""
+    result: dict[str, Any] = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"{flag} {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise typer.BadParameter(f"{flag} {item!r}: empty key")
+        if value[:1] in "{[":
+            try:
+                value = json.loads(value)
+            except ValueError as e:
+                raise typer.BadParameter(f"{flag} {item!r}: invalid JSON value ({e})") from None
+        result[key] = value
+    return result
+
+
+class RichProgress:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.errors = 0
+
+    def start(self, task: str, total: int, done: int) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.errors = 0
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.speed:.1f} samples/s" if False else "{task.fields[rate]}"),
+                            TextColumn("errors: {task.fields[errors]}"), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                            disable=not self.enabled, transient=False)
+        self.bar.start()
+        self.id = self.bar.add_task(task, total=total, completed=done, errors=0, rate="")
+        if done:
+            console.print(f"[dim]{task}: resuming, {done}/{total} already done[/dim]")
+
+    def advance(self, n: int, errors: int) -> None:
+        self.errors += errors
+        self.bar.advance(self.id, n)
+        speed = self.bar.tasks[0].speed if self.bar.tasks else None
+        self.bar.update(self.id, errors=self.errors, rate=f"{speed:.1f} samples/s" if speed else "")
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/bold red] {message}")
+    raise typer.Exit(code)
+
+
+def results_table(results) -> Table:
+    t = Table(title="results")
+    for col in ("task", "model", "metric", "value", "95% CI", "n", "errors", "extraction fail", "status"):
+        t.add_column(col)
+    for r in results:
+        run = r.run
+        main = run["task"]["main_metric"]
+        metric_names = [main] + [m for m in run["metrics"] if m != main]
+        for i, name in enumerate(metric_names):
+            m = run["metrics"][name]
+            ci = m.get("ci") or [None, None]
+            fmt = lambda v: "" if v is None else f"{v:.2f}"
+            t.add_row(run["task"]["name"] if i == 0 else "", run["model"]["name"] if i == 0 else "", name,
+                      fmt(m.get("value")), f"[{fmt(ci[0])}, {fmt(ci[1])}]", str(m.get("n", "")),
+                      str(run["counts"]["errors"]) if i == 0 else "",
+                      str(run["counts"]["extraction_failures"]) if i == 0 else "",
+                      run["status"] if i == 0 else "")
+    return t
+
+
+@app.command()
+def run(
+    model: str = typer.Option(..., "--model", "-m", help="Adapter name (see `evalkit list models`)."),
+    task: list[str] = typer.Option(..., "--task", "-t", help="Task name; repeat for several tasks."),
+    model_arg: Optional[list[str]] = typer.Option(None, "--model-arg", "-M", help="Adapter setting key=value."),
+    task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", "-T",
+                                                 help="Task setting key=value, e.g. data=PATH, audio_root=DIR."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N samples of each task."),
+    shard: Optional[str] = typer.Option(None, help="Run shard I/N (every N-th sample, from the I-th; 1-based)."),
+    choices: str = typer.Option("balanced", help="Choice order: balanced (gold spread evenly over positions), "
+                                                 "original (upstream order) or circular (every rotation)."),
+    seed: int = typer.Option(0, help="Seed for choice shuffling and generation."),
+    batch_size: Optional[int] = typer.Option(None, help="Requests per adapter call (default: the adapter's)."),
+    max_new_tokens: int = typer.Option(512, help="Generation length limit."),
+    temperature: float = typer.Option(0.0, help="Sampling temperature (0 = greedy)."),
+    no_audio: bool = typer.Option(False, "--no-audio", help="Ablation: drop all audio from the requests."),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="On resume, retry samples that errored."),
+    output: Path = typer.Option(Path("results/runs"), help="Runs go to OUTPUT/<run_id>/."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Evaluate a model on one or more tasks. Running the same command again resumes the run."""
+    from evalkit.runner import ModelHolder, RunConfigError, RunSpec, parse_shard, run_task
+    from evalkit.types import GenerationConfig
+
+    if choices not in ("balanced", "original", "circular"):
+        fail(f"--choices {choices!r}: use balanced, original or circular")
+    try:
+        holder = ModelHolder(model, parse_kv(model_arg, "-M"))
+        spec_shard = parse_shard(shard)
+    except Exception as e:
+        fail(str(e))
+    targs = parse_kv(task_arg, "-T")
+    results = []
+    progress = RichProgress(enabled=not quiet)
+    try:
+        for name in task:
+            spec = RunSpec(model=model, task=name, model_args=holder.args, task_args=targs, choices=choices,
+                           seed=seed, limit=limit, shard=spec_shard, batch_size=batch_size,
+                           generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                       seed=seed),
+                           no_audio=no_audio, retry_errors=retry_errors, output=output)
+            try:
+                result = run_task(spec, holder, progress)
+            except KeyboardInterrupt:
+                console.print("\n[yellow]interrupted.[/yellow] Every finished sample is saved. "
+                              "Run the same command again to resume:\n  " + " ".join(sys.argv))
+                raise typer.Exit(130)
+            results.append(result)
+            out.print(f"run directory: {result.run_dir}")
+            for w in result.run["task"]["warnings"][:5]:
+                console.print(f"[yellow]data warning:[/yellow] {w}")
+            if len(result.run["task"]["warnings"]) > 5:
+                console.print(f"[yellow]... {len(result.run['task']['warnings']) - 5} more in run.json[/yellow]")
+    except typer.Exit:
+        raise
+    except (RunConfigError, ValueError, FileNotFoundError, RuntimeError, KeyError, NotImplementedError) as e:
+        fail(str(e))
+    finally:
+        holder.close()
+    out.print(results_table(results))
+
+
+@app.command("list")
+def list_(what: str = typer.Argument("tasks", help="tasks or models")) -> None:
+    """List registered tasks or models (name, description, data source, main metric)."""
+    from evalkit import registry
+
+    if what not in ("tasks", "models"):
+        fail(f"list {what!r}: use `evalkit list tasks` or `evalkit list models`")
+    kind = what[:-1]
+    t = Table(title=what)
+    cols = ("name", "description", "data source", "main metric") if kind == "task" else \
+        ("name", "description", "inputs", "source")
+    for c in cols:
+        t.add_column(c)
+    for name in registry.names(kind):
+        try:
+            obj = registry.get(kind, name)
+        except Exception as e:  # a broken plugin must not hide the others
+            t.add_row(name, f"[red]cannot load: {e}[/red]", "", "")
+            continue
+        if kind == "task":
+            t.add_row(name, obj.description, obj.source, obj.main_metric)
+        else:
+            t.add_row(name, obj.description, ", ".join(sorted(obj.capabilities)), obj.source)
+    out.print(t)
+
+
+@app.command()
+def score(run_dir: Path = typer.Argument(..., help="A run directory (holds run.json and samples.jsonl).")) -> None:
+    """Re-score a finished run from its samples.jsonl without calling the model."""
+    from evalkit.runner import rescore
+    from evalkit.runner import RunResult
+
+    try:
+        run = rescore(run_dir)
+    except Exception as e:
+        fail(f"{run_dir}: {e}")
+    out.print(results_table([RunResult(run["run_id"], run_dir, run, 0)]))
+
+
+@app.command()
+def leaderboard(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (or run.json files)."),
+    out_file: Path = typer.Option(..., "--out", help="File to write."),
+    fmt: str = typer.Option("json", "--format", help="json, md or csv."),
+) -> None:
+    """Export one row per (model, task): main metric, CI, n, split scores, run id."""
+    from evalkit import leaderboard as lb
+
+    try:
+        board = lb.build([lb.load_run(p) for p in run_dirs])
+        text = lb.render(board, fmt)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        fail(str(e))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(text)
+    out.print(f"wrote {out_file} ({len(board['rows'])} rows)")
+
+
+@app.command()
+def check(
+    run_dir: Path = typer.Argument(..., help="The run to check."),
+    baseline: Path = typer.Option(..., help="Baseline run directory, run.json or leaderboard JSON."),
+    tolerance: Optional[float] = typer.Option(None, help="Allowed drop in metric units; default: paired test."),
+) -> None:
+    """Exit 1 when a metric dropped beyond tolerance (or significantly, by a paired test)."""
+    from evalkit.check import check as run_check
+
+    try:
+        failed, rows = run_check(run_dir, baseline, tolerance)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        fail(str(e))
+    t = Table(title=f"check {run_dir} against {baseline}")
+    for c in ("metric", "baseline", "value", "drop", "method", "p", "verdict"):
+        t.add_column(c)
+    for r in rows:
+        style = "red" if r["verdict"] == "FAIL" else "green"
+        t.add_row(r["metric"], f"{r['baseline']:.2f}", f"{r['value']:.2f}", f"{r['drop']:.2f}", r["method"],
+                  "" if r["p_value"] is None else f"{r['p_value']:.4f}", f"[{style}]{r['verdict']}[/{style}]")
+    out.print(t)
+    if failed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""The run loop: task -> samples -> protocol -> requests -> model -> records -> run.json.
+
+One direction, no back and forth. The runner owns batching, audio prefetch
+(decoding the next batch while the model works on this one), resume, the lock
+and the run record; adapters only see Requests, tasks only see records.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from evalkit import __version__
+from evalkit.protocol.choices import gold_histogram, present
+from evalkit.provenance import environment, git_commit, stable_hash
+from evalkit.registry import get_model, get_task
+from evalkit.store import RunStore
+from evalkit.types import GenerationConfig, Presentation, Request, Response
+
+SCHEMA_VERSION = 1
+
+
+class RunConfigError(ValueError):
+    """An impossible request, refused before any work starts."""
+
+
+@dataclass
+class RunSpec:
+    model: str
+    task: str
+    model_args: dict[str, Any] = field(default_factory=dict)
+    task_args: dict[str, Any] = field(default_factory=dict)
+    choices: Literal["balanced", "original", "circular"] = "balanced"
+    seed: int = 0
+    limit: int | None = None
+    shard: tuple[int, int] | None = None  # (index, count), 0-based index
+    batch_size: int | None = None
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    no_audio: bool = False  # "no audio" ablation: audio parts are dropped from every request
+    retry_errors: bool = False
+    output: Path = Path("results/runs")
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    run: dict[str, Any]
+    calls: int  # model requests made in this invocation
+
+
+class Progress:
+    """Progress sink; the CLI renders it with rich, tests ignore it."""
+
+    def start(self, task: str, total: int, done: int) -> None: ...
+    def advance(self, n: int, errors: int) -> None: ...
+    def stop(self) -> None: ...
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """"I/N" with 1 <= I <= N (1-based on the command line)."""
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise RunConfigError(f"--shard {text!r}: expected I/N, e.g. 1/4") from None
+    if not (1 <= i <= n):
+        raise RunConfigError(f"--shard {text!r}: need 1 <= I <= N")
+    return (i - 1, n)
+
+
+def select(presentations: list[Presentation], limit: int | None, shard: tuple[int, int] | None) -> list[Presentation]:
+    """--limit takes the first N samples in task order, --shard every N-th sample;
+    all rotations of a sample stay together."""
+    order: list[str] = []
+    for p in presentations:
+        if not order or order[-1] != p.sample.id:
+            order.append(p.sample.id)
+    keep = order[:limit] if limit is not None else order
+    if shard is not None:
+        i, n = shard
+        keep = keep[i::n]
+    wanted = set(keep)
+    return [p for p in presentations if p.sample.id in wanted]
+
+
+class ModelHolder:
+    """Creates the adapter on first need, so a finished run never loads a model."""
+
+    def __init__(self, name: str, args: dict[str, Any]):
+        self.name, self.args = name, args
+        self.cls = get_model(name)
+        self.config = self.cls.Config(**args)  # validates -M now (typo fails at load)
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self.cls(self.config)
+        return self._model
+
+    def identity(self) -> dict[str, Any]:
+        from evalkit.models.base import redact_args
+
+        volatile = getattr(self.cls, "volatile_args", frozenset())
+        args = {k: v for k, v in redact_args(self.config).items() if k not in volatile}
+        return {"name": self.name, "args": args}
+
+    def close(self) -> None:
+        if self._model is not None:
+            self._model.close()
+
+
+def _identity_options(task) -> dict[str, Any]:
+    # data location is not identity: the data hash is
+    return {k: v for k, v in task.options.model_dump().items() if k not in ("data", "audio_root")}
+
+
+def compute_run_id(model_identity: dict, task, data_hash: str, spec: RunSpec) -> str:
+    return stable_hash({
+        "model": model_identity,
+        "task": {"name": task.name, "version": task.version, "options": _identity_options(task), "data": data_hash},
+        "protocol": {"choices": spec.choices if task.is_mcq else None, "seed": spec.seed, "no_audio": spec.no_audio},
+        "generation": spec.generation.to_dict(),
+    })
+
+
+def check_pairing(model, task, spec: RunSpec) -> None:
+    caps = set(model.capabilities)
+    if task.modality == "audio" and not spec.no_audio and "audio" not in caps:
+        raise RunConfigError(
+            f"model {spec.model!r} takes text only but task {task.name!r} needs audio; "
+            "pass --no-audio for an explicit no-audio ablation")
+    if task.modality == "text" and "text" not in caps:
+        raise RunConfigError(f"model {spec.model!r} cannot answer text-only task {task.name!r}")
+
+
+def build_request(task, p: Presentation, spec: RunSpec) -> Request:
+    messages = task.prompt(p)
+    if spec.no_audio:
+        messages = [{**m, "content": [c for c in m["content"] if c["type"] != "audio"]} for m in messages]
+    return Request(key=p.key, messages=messages, generation=spec.generation)
+
+
+def base_record(p: Presentation, req: Request | None) -> dict[str, Any]:
+    s = p.sample
+    return {
+        "key": p.key, "sample_id": s.id, "rotation": p.rotation,
+        "prompt": req.rendered() if req is not None else None,
+        "audio": [{"ref": a.describe()} for a in s.audio],
+        "choices": p.choices, "permutation": p.permutation, "gold": p.gold,
+        "answer": s.choices[s.answer] if s.choices is not None and s.answer is not None else None,
+        "target": s.target, "metadata": s.metadata, "cluster": s.cluster(),
+    }
+
+
+def _prepare(task, batch: list[Presentation], spec: RunSpec, model) -> list[tuple[Presentation, Request | None, str | None]]:
+    """Build requests and decode their audio (runs in the prefetch thread)."""
+    out = []
+    decode = getattr(model, "needs_audio", True) and not spec.no_audio
+    for p in batch:
+        try:
+            req = build_request(task, p, spec)
+            if decode:
+                for a in req.audio():
+                    a.load(model.sample_rate)
+            out.append((p, req, None))
+        except Exception as e:  # a sample-level failure becomes an error record
+            out.append((p, None, f"{type(e).__name__}: {e}"))
+    return out
+
+
+def _generate(model, reqs: list[Request]) -> list[Response]:
+    if not reqs:
+        return []
+    try:
+        responses = model.generate(reqs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        return [Response(key=r.key, error=f"{type(e).__name__}: {e}") for r in reqs]
+    by_key = {r.key: r for r in responses}
+    return [by_key.get(r.key) or Response(key=r.key, error="adapter returned no response for this request")
+            for r in reqs]
+
+
+def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progress | None = None) -> RunResult:
+    progress = progress or Progress()
+    holder = holder or ModelHolder(spec.model, spec.model_args)
+    task = get_task(spec.task).from_args(spec.task_args)
+    check_pairing(holder.cls, task, spec)  # class capabilities first (before loading data); instance below
+    t_load = time.perf_counter()
+    data = task.load()
+    load_s = time.perf_counter() - t_load
+    presentations = present(data.samples, spec.choices if task.is_mcq else "original", spec.seed)
+    selected = select(presentations, spec.limit, spec.shard)
+    run_id = compute_run_id(holder.identity(), task, data.data_hash, spec)
+    run_dir = Path(spec.output) / run_id
+    store = RunStore(run_dir)
+    with store:
+        started = time.perf_counter()
+        done = store.load()
+        previous = store.read_run()
+        def is_done(key: str) -> bool:
+            r = done.get(key)
+            return r is not None and not (spec.retry_errors and r.get("error") is not None)
+        pending = [p for p in selected if not is_done(p.key)]
+        progress.start(task.name, len(selected), len(selected) - len(pending))
+        calls, model_s = 0, 0.0
+        status = "incomplete"
+        try:
+            if pending:
+                model = holder.model
+                check_pairing(model, task, spec)
+                bs = spec.batch_size or getattr(model, "preferred_batch_size", None) or model.default_batch_size
+                batches = [pending[i:i + bs] for i in range(0, len(pending), bs)]
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evalkit-prefetch") as pool:
+                    nxt: Future = pool.submit(_prepare, task, batches[0], spec, model)
+                    for bi in range(len(batches)):
+                        prepared = nxt.result()
+                        if bi + 1 < len(batches):
+                            nxt = pool.submit(_prepare, task, batches[bi + 1], spec, model)
+                        reqs = [req for _, req, err in prepared if err is None]
+                        t0 = time.perf_counter()
+                        responses = {r.key: r for r in _generate(model, reqs)}
+                        model_s += time.perf_counter() - t0
+                        calls += len(reqs)
+                        errors = 0
+                        for p, req, err in prepared:
+                            rec = base_record(p, req)
+                            resp = responses.get(p.key) if err is None else None
+                            rec.update({"output": resp.text if resp else None,
+                                        "error": err if err is not None else resp.error,
+                                        "latency_s": resp.latency_s if resp else None,
+                                        "extra": resp.extra if resp else {}})
+                            rec.update(task.score(rec))
+                            store.append(rec)
+                            done[p.key] = rec
+                            errors += rec["error"] is not None
+                            if req is not None:
+                                for a in req.audio():
+                                    a.release()
+                        progress.advance(len(prepared), errors)
+            status = "complete"
+        finally:
+            progress.stop()
+            wall = time.perf_counter() - started
+            if status == "complete" and spec.retry_errors:
+                store.compact([p.key for p in selected])
+            records = [done[p.key] for p in selected if p.key in done]
+            run = build_run_record(spec, task, data, holder, run_id, selected, records, status,
+                                   {"load_s": round(load_s, 4), "wall_s": round(wall, 4),
+                                    "model_s": round(model_s, 4), "calls": calls}, previous)
+            store.write_run(run)
+            if status == "complete":
+                task.export(records, run_dir)
+    return RunResult(run_id, run_dir, run, calls)
+
+
+def count_records(records: list[dict[str, Any]]) -> dict[str, int]:
+    from evalkit.protocol.extract import FAILURE_STAGES
+
+    return {
+        "records": len(records),
+        "samples": len({r["sample_id"] for r in records}),
+        "errors": sum(r.get("error") is not None for r in records),
+        "extraction_failures": sum((r.get("extraction_stage") in FAILURE_STAGES and r.get("error") is None)
+                                   for r in records),
+    }
+
+
+def build_run_record(spec: RunSpec, task, data, holder: ModelHolder, run_id: str, selected: list[Presentation],
+                     records: list[dict[str, Any]], status: str, timing: dict[str, Any],
+                     previous: dict[str, Any] | None) -> dict[str, Any]:
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    agg = task.aggregate(records) if records else {"metrics": {}, "groups": {}, "extra": {}}
+    sessions = list((previous or {}).get("timings", {}).get("sessions", []))
+    sessions.append({"finished": now, **timing})
+    model_info = {}
+    if holder._model is not None:
+        try:
+            model_info = holder.model.info()
+        except Exception as e:  # info is best effort; never lose a run over it
+            model_info = {"error": str(e)}
+    elif previous:
+        model_info = previous.get("model", {}).get("info", {})
+    counts = count_records(records)
+    counts["selected_samples"] = len({p.sample.id for p in selected})
+    counts["selected_calls"] = len(selected)
+    counts["task_samples"] = len(data.samples)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": status,
+        "created": (previous or {}).get("created", now),
+        "updated": now,
+        "evalkit": {"version": __version__, **git_commit()},
+        "environment": environment(),
+        "task": {"name": task.name, "version": task.version, "options": task.options.model_dump(),
+                 "source": data.source, "data_hash": data.data_hash, "warnings": data.warnings,
+                 "main_metric": task.main_metric, "modality": task.modality},
+        "model": {**holder.identity(), "info": model_info},
+        "generation": spec.generation.to_dict(),
+        "protocol": {"choices": spec.choices if task.is_mcq else None, "seed": spec.seed, "limit": spec.limit,
+                     "shard": f"{spec.shard[0] + 1}/{spec.shard[1]}" if spec.shard else None,
+                     "no_audio": spec.no_audio,
+                     "gold_positions": gold_histogram(selected) if task.is_mcq else None},
+        "batch_size": spec.batch_size,
+        "counts": counts,
+        "timings": {"sessions": sessions,
+                    "total_wall_s": round(sum(s["wall_s"] for s in sessions), 4)},
+        "metrics": agg["metrics"],
+        "groups": agg["groups"],
+        "extra": agg.get("extra", {}),
+    }
+
+
+def rescore(run_dir: Path) -> dict[str, Any]:
+    """Re-run extraction and scoring on a run's raw outputs; no model calls."""
+    store = RunStore(run_dir)
+    with store:
+        run = store.read_run()
+        if run is None:
+            raise RunConfigError(f"{run_dir}: no run.json; is this a run directory?")
+        task = get_task(run["task"]["name"]).from_args(run["task"]["options"])
+        records = list(store.load().values())
+        for r in records:
+            r.update(task.score(r))
+        tmp = store.samples_path.with_name("samples.jsonl.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, store.samples_path)
+        agg = task.aggregate(records)
+        run.update(metrics=agg["metrics"], groups=agg["groups"], extra=agg.get("extra", {}))
+        run["counts"].update(count_records(records))
+        run["rescored"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        store.write_run(run)
+        return run
+
+
+ProgressFactory = Callable[[], Progress]

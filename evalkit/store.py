@@ -1,0 +1,159 @@
+"""A run directory: `samples.jsonl` (append-only, flushed per record), `run.json`
+(written atomically) and a lock so two processes never write one run.
+
+Crash safety: a record is appended with one write and flushed, so `kill -9`
+loses at most a partial last line, which `load()` truncates away. Records are
+never rewritten in place; `compact()` rewrites the file atomically (temp file +
+rename) when superseded records (retried errors) must go.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+SAMPLES = "samples.jsonl"
+RUN = "run.json"
+LOCK = ".lock"
+
+
+class RunLockedError(RuntimeError):
+    pass
+
+
+class RunStoreError(ValueError):
+    pass
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """Records of a samples.jsonl. A torn last line (a crash mid-write) is cut off
+    when `repair` is set, else ignored; a bad line elsewhere is an error naming it."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    records: list[dict[str, Any]] = []
+    offset = 0
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        is_last = i == len(lines) - 1
+        if is_last and line == b"":
+            break
+        try:
+            if is_last:  # no trailing newline: the write was torn
+                raise ValueError("torn write")
+            records.append(json.loads(line))
+        except ValueError:
+            if is_last or (i == len(lines) - 2 and lines[-1] == b""):
+                if repair:
+                    with open(path, "r+b") as f:
+                        f.truncate(offset)
+                break
+            raise RunStoreError(f"{path}: line {i + 1} is not valid JSON; the run log is damaged") from None
+        offset += len(line) + 1
+    return records
+
+
+def latest_by_key(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The newest record per key (a retried error supersedes the old record)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        out[r["key"]] = r
+    return out
+
+
+class RunStore:
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir)
+        self.samples_path = self.dir / SAMPLES
+        self.run_path = self.dir / RUN
+        self._lock_file = None
+        self._out = None
+
+    # -- locking ---------------------------------------------------------------
+    def acquire(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.dir / LOCK, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise RunLockedError(
+                f"another evalkit process (pid {holder}) is writing {self.dir}; "
+                "wait for it to finish or stop it, then run the same command again to resume") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock_file = f
+
+    def release(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> "RunStore":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    # -- records ---------------------------------------------------------------
+    def load(self) -> dict[str, dict[str, Any]]:
+        return latest_by_key(read_records(self.samples_path, repair=self._lock_file is not None))
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self._out is None:
+            self._out = open(self.samples_path, "a", encoding="utf-8")
+        self._out.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        self._out.flush()
+
+    def compact(self, keep_order: list[str] | None = None) -> None:
+        """Rewrite samples.jsonl with one record per key (atomic)."""
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        records = read_records(self.samples_path)
+        latest = latest_by_key(records)
+        if len(latest) == len(records):
+            return
+        order = keep_order or list(latest)
+        tmp = self.samples_path.with_name(SAMPLES + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for k in order:
+                if k in latest:
+                    f.write(json.dumps(latest.pop(k), ensure_ascii=False) + "\n")
+            for r in latest.values():
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.samples_path)
+
+    def iter_records(self) -> Iterator[dict[str, Any]]:
+        yield from latest_by_key(read_records(self.samples_path)).values()
+
+    def read_run(self) -> dict[str, Any] | None:
+        if not self.run_path.exists():
+            return None
+        return json.loads(self.run_path.read_text())
+
+    def write_run(self, run: dict[str, Any]) -> None:
+        write_json_atomic(self.run_path, run)
