@@ -142,8 +142,11 @@ class SentenceTransformerEmbedder(Embedder):
             except ImportError:
                 raise EmbedderError("the local embedder needs sentence-transformers and torch: "
                                     "pip install 'evalkit[embed]'") from None
-            # local folder, never the hub
-            self._model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+            key = (str(self.path), self.device)
+            if key not in _MODELS:  # one loaded model per folder, shared by instances
+                # a local folder, never the hub
+                _MODELS[key] = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+            self._model = _MODELS[key]
         return self._model
 
     def _encode(self, texts: list[str]):
@@ -204,15 +207,17 @@ class OpenAIEmbedder(Embedder):
         return np.asarray(out, dtype=np.float32)
 
 
-_INSTANCES: dict[str, Embedder] = {}
+_INSTANCES: dict[tuple[str, str], Embedder] = {}
+_MODELS: dict[tuple[str, str], Any] = {}
 
 
 def get_embedder(spec: str | None = None, cache: EmbeddingCache | None | bool = True) -> Embedder:
     """An embedder for `spec` ("minilm", "openai:<model>", "st:<dir>"). With the
-    default cache the instance is shared per spec (the model loads once)."""
+    default cache the instance is shared per (spec, cache dir); a model loads once."""
     spec = (spec or DEFAULT_EMBEDDER).strip()
-    if cache is True and spec in _INSTANCES:
-        return _INSTANCES[spec]
+    key = (spec, str(cache_dir()))
+    if cache is True and key in _INSTANCES:
+        return _INSTANCES[key]
     if spec == "minilm":
         path = minilm_path()
         emb: Embedder = SentenceTransformerEmbedder(path, "minilm:all-MiniLM-L6-v2", cache=cache)
@@ -229,5 +234,5 @@ def get_embedder(spec: str | None = None, cache: EmbeddingCache | None | bool = 
     else:
         raise EmbedderError(f"unknown embedder {spec!r}; use minilm, openai:<model> or st:<dir>")
     if cache is True:
-        _INSTANCES[spec] = emb
+        _INSTANCES[key] = emb
     return emb

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from evalkit.provenance import stable_hash
+
 SPLIT_GROUPINGS = ("axis",)  # perception / reasoning, wherever a task defines it
 
 
@@ -56,17 +58,18 @@ def row(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row per (model, task); when several runs share a pair, the most recently
-    updated complete one wins and the others are listed as superseded."""
+    """One row per (model configuration, task); when several runs share one, the most
+    recently updated complete run wins and the others are listed as superseded."""
     best: dict[tuple[str, str], dict[str, Any]] = {}
     superseded = []
-    for run in sorted(runs, key=lambda r: (r.get("status") == "complete", r.get("updated", ""))):
+    order = lambda r: (r.get("status") == "complete", r.get("updated", ""), r["run_id"])
+    for run in sorted(runs, key=order):
         r = row(run)
-        key = (r["model"], r["task"])
+        key = (stable_hash(run["model"].get("args", {})), r["model"], r["task"])
         if key in best:
             superseded.append(best[key]["run_id"])
         best[key] = r
-    rows = sorted(best.values(), key=lambda r: (r["task"], r["model"]))
+    rows = sorted(best.values(), key=lambda r: (r["task"], r["model"], r["run_id"]))
     return {"schema_version": 1, "rows": rows, "superseded_run_ids": sorted(superseded)}
 
 

@@ -40,7 +40,7 @@ _BARE = re.compile(r"^\s*(?:\(\s*([A-Za-z])\s*\)|\[\s*([A-Za-z])\s*\]|([A-Z]))\s
 _PHRASE = re.compile(
     r"(?i:\b(?:answer|option|choice)\b(?:\s+(?:is|would\s+be|should\s+be|will\s+be))?\s*[:\-]?\s*)"
     r"(?:\(\s*([A-Za-z])\s*\)|([A-Z])(?![\w'’]))"
-    r"(?:\s*[.:)\-]?\s*([^\n]*))?")
+    r"(?=\s*[.:)\-]?\s*([^\n]*))")  # the tail is looked at, not consumed: a later answer still matches
 _LEADING = re.compile(r"^\s*(?:\(\s*([A-Za-z])\s*\)|([A-Z])\s*[.:)])\s*(.*)$", re.S)
 
 
@@ -71,10 +71,11 @@ def _text_matches(text: str, choices: list[str]) -> set[str]:
 
 
 def _consistent(index: int, tail: str, choices: list[str]) -> bool:
-    """A letter followed by text must not name a different option."""
-    names = _text_matches(tail, choices)
-    own = normalize_text(choices[index])
-    return not names or own in names or all(n in own for n in names)
+    """A letter directly followed by an option's text must name its own option
+    ("(B) Dog" with B = Cat is ambiguous); an explanation after it is fine."""
+    t = normalize_text(tail)
+    named = {c for c in (normalize_text(x) for x in choices) if c and (t == c or t.startswith(c + " "))}
+    return not named or normalize_text(choices[index]) in named
 
 
 def extract_choice(response: str | None, choices: list[str]) -> Extraction:

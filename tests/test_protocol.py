@@ -1,0 +1,94 @@
+import json
+from collections import Counter
+
+import pytest
+
+from conftest import shared_data
+from evalkit.protocol.choices import gold_histogram, present
+from evalkit.protocol.extract import extract_choice, is_correct
+from evalkit.types import Sample
+
+CH = ["Dog", "Cat", "Bird", "Horse"]
+
+
+@pytest.mark.parametrize("response,index,stage", [
+    ("B", 1, "letter"), ("(B)", 1, "letter"), ("B.", 1, "letter"), ("B)", 1, "letter"), ("**B**", 1, "letter"),
+    ("b)", None, "none"), ("(b)", 1, "letter"), ("B\n\nBecause it meows.", 1, "letter"),
+    ("Answer: B", 1, "answer_phrase"), ("The answer is B", 1, "answer_phrase"),
+    ("The answer is B.", 1, "answer_phrase"), ("the correct option is (B) Cat", 1, "answer_phrase"),
+    ("**Answer:** (C)", 2, "answer_phrase"), ("I choose option D.", 3, "answer_phrase"),
+    ("B. Cat", 1, "letter_with_text"), ("(B) Cat", 1, "letter_with_text"), ("C: Bird", 2, "letter_with_text"),
+    ("Cat", 1, "option_text"), ("It sounds like a cat.", 1, "option_text"), ("horse", 3, "option_text"),
+    ("", None, "empty"), ("   ", None, "empty"), (None, None, "empty"),
+    ("A or B", None, "none"), ("The answer is A. No wait, the answer is B.", None, "ambiguous"),
+    ("(B) Dog", None, "ambiguous"), ("The answer is (A) Cat", None, "ambiguous"),
+    ("a dog and a cat", None, "ambiguous"), ("I cannot tell.", None, "none"), ("E", None, "none"),
+    ("The answer is E", None, "none"), ("The answer is B because, unlike a dog, it meows.", 1, "answer_phrase"),
+    ("B. Because unlike a dog it meows", 1, "letter_with_text"),
+])
+def test_extraction_forms(response, index, stage):
+    e = extract_choice(response, CH)
+    assert (e.index, e.stage) == (index, stage)
+
+
+def test_article_a_is_not_a_letter():
+    assert extract_choice("a cat", CH).index == 1
+    assert extract_choice("The answer is a bird", CH).index == 2
+
+
+def test_longest_option_wins_over_contained_option():
+    choices = ["Man", "Woman", "An adult man", "Child"]
+    assert extract_choice("An adult man.", choices).index == 2
+    assert extract_choice("a woman", choices).index == 1
+
+
+def test_eight_choices_and_duplicates_by_text():
+    ch = [f"opt{i}" for i in range(7)] + ["opt3"]
+    assert extract_choice("H", ch).index == 7
+    e = extract_choice("opt3", ch)
+    assert is_correct(e, ch, 7) and is_correct(e, ch, 3) and not is_correct(e, ch, 2)
+
+
+def _samples(ks, n_each):
+    out = []
+    for k in ks:
+        for i in range(n_each):
+            out.append(Sample(id=f"k{k}-{i}", question="q", choices=[f"c{j}" for j in range(k)], answer=0))
+    return out
+
+
+def test_balanced_is_deterministic_and_balanced_for_all_counts():
+    samples = _samples([2, 3, 4, 5, 6, 8], 37)
+    a = present(samples, "balanced", seed=3)
+    b = present(list(reversed(samples)), "balanced", seed=3)
+    pa = {p.key: p.permutation for p in a}
+    assert pa == {p.key: p.permutation for p in b}  # depends on (seed, id), not order
+    assert pa != {p.key: p.permutation for p in present(samples, "balanced", seed=4)}
+    hist = gold_histogram(a)["after"]
+    for k, counts in hist.items():
+        assert len(counts) == int(k) and max(counts.values()) - min(counts.values()) <= 1
+    for p in a:
+        assert sorted(p.permutation) == list(range(len(p.sample.choices)))
+        assert p.choices[p.gold] == "c0"
+
+
+def test_original_and_circular():
+    s = _samples([4], 1)
+    (o,) = present(s, "original", 0)
+    assert o.permutation == [0, 1, 2, 3] and o.gold == 0
+    rots = present(s, "circular", 0)
+    assert [p.gold for p in rots] == [0, 3, 2, 1] and len({p.key for p in rots}) == 4
+
+
+def test_mmau_test_mini_balanced_positions():
+    data = json.loads(shared_data("mmau", "mmau-test-mini.json").read_text())
+    samples = [Sample(id=r["id"], question=r["question"], choices=r["choices"],
+                      answer=r["choices"].index(r["answer"])) for r in data]
+    pres = present(samples, "balanced", 0)
+    hist = gold_histogram(pres)
+    assert hist["before"]["4"]["A"] > 300  # upstream is skewed towards A
+    for k, counts in hist["after"].items():
+        assert max(counts.values()) - min(counts.values()) <= 1, (k, counts)
+    # duplicates tracked by index: the gold text is always at the gold position
+    for p in pres:
+        assert p.choices[p.gold] == p.sample.choices[p.sample.answer]
