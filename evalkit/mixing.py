@@ -16,9 +16,9 @@ SNR = 10*log10(P_speech / P_background), where both powers are measured over the
 So the SNR describes what a listener hears while someone is talking; silences
 inside or around the utterance do not dilute the speech power. The region comes
 from the speech alone, so it is identical for every SNR of one (speech,
-background) pair. When the background is silent over the region (all zeros)
-P_background falls back to the whole window, and when that is zero too the
-mixing refuses (an SNR against silence is undefined).
+background) pair. When the background is silent over the region (all zeros) a
+finite SNR is undefined and `mix_at_snr` refuses; silent speech likewise (the
+region is empty).
 
 Levels
 ------
@@ -64,40 +64,37 @@ class MixingError(ValueError):
     pass
 
 
+def _frame_energies(x: np.ndarray, flen: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of squares, sample count) per frame; the trailing partial frame is its own frame."""
+    n = x.shape[0]
+    nfull = n // flen
+    sq = np.square(x, dtype=np.float64)
+    sums = sq[: nfull * flen].reshape(nfull, flen).sum(axis=1)
+    counts = np.full(nfull, flen, dtype=np.int64)
+    if n - nfull * flen:
+        sums = np.append(sums, sq[nfull * flen:].sum())
+        counts = np.append(counts, n - nfull * flen)
+    return sums, counts
+
+
+def _active_frames(sums: np.ndarray, counts: np.ndarray, vad_db: float) -> np.ndarray:
+    if sums.size == 0:
+        return np.zeros(0, dtype=bool)
+    e = sums / counts
+    emax = float(e.max())
+    if emax <= 0.0:
+        return np.zeros(e.shape, dtype=bool)
+    return e >= emax * 10.0 ** (-vad_db / 10.0)
+
+
 def active_mask(speech: np.ndarray, sample_rate: int, frame_s: float = FRAME_S,
                 vad_db: float = VAD_DB) -> np.ndarray:
     """Boolean per-sample mask of the speech's active region (frame-energy VAD,
     frames within `vad_db` of the loudest frame). All False for silent input."""
-    x = np.asarray(speech, dtype=np.float64)
-    n = x.shape[0]
+    x = np.asarray(speech)
     flen = max(1, int(round(frame_s * sample_rate)))
-    nfull = n // flen
-    sq = x * x
-    energies = []
-    if nfull:
-        energies.append(sq[: nfull * flen].reshape(nfull, flen).mean(axis=1))
-    rest = n - nfull * flen
-    if rest:
-        energies.append(np.array([sq[nfull * flen:].mean()]))
-    if not energies:
-        return np.zeros(0, dtype=bool)
-    e = np.concatenate(energies)
-    emax = float(e.max())
-    if emax <= 0.0:
-        return np.zeros(n, dtype=bool)
-    frame_active = e >= emax * 10.0 ** (-vad_db / 10.0)
-    mask = np.repeat(frame_active[:nfull], flen) if nfull else np.zeros(0, dtype=bool)
-    if rest:
-        mask = np.concatenate([mask, np.full(rest, frame_active[-1])])
-    return mask
-
-
-def region_power(x: np.ndarray, mask: np.ndarray) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    if mask.any():
-        seg = x[mask]
-        return float(np.dot(seg, seg) / seg.size)
-    return 0.0
+    sums, counts = _frame_energies(x, flen)
+    return np.repeat(_active_frames(sums, counts, vad_db), counts)
 
 
 def powers(speech: np.ndarray, background: np.ndarray, sample_rate: int,
@@ -107,13 +104,15 @@ def powers(speech: np.ndarray, background: np.ndarray, sample_rate: int,
     background = np.asarray(background)
     if speech.shape != background.shape:
         raise MixingError(f"speech ({speech.shape}) and background ({background.shape}) differ in length")
-    mask = active_mask(speech, sample_rate, frame_s, vad_db)
-    ps = region_power(speech, mask)
-    pb = region_power(background, mask)
-    if pb == 0.0 and not mask.any():
-        b = np.asarray(background, dtype=np.float64)
-        pb = float(np.dot(b, b) / max(1, b.size))
-    return ps, pb
+    flen = max(1, int(round(frame_s * sample_rate)))
+    s_sums, counts = _frame_energies(speech, flen)
+    b_sums, _ = _frame_energies(background, flen)
+    act = _active_frames(s_sums, counts, vad_db)
+    if act.any():
+        n_act = float(counts[act].sum())
+        return float(s_sums[act].sum() / n_act), float(b_sums[act].sum() / n_act)
+    n = float(max(1, counts.sum()))
+    return 0.0, float(b_sums.sum() / n)
 
 
 def measure_snr(speech_component: np.ndarray, background_component: np.ndarray,

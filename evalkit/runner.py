@@ -232,6 +232,7 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
                         model_s += time.perf_counter() - t0
                         calls += len(reqs)
                         errors = 0
+                        finished = []
                         for p, req, err in prepared:
                             rec = base_record(p, req)
                             resp = responses.get(p.key) if err is None else None
@@ -240,12 +241,13 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
                                         "latency_s": resp.latency_s if resp else None,
                                         "extra": resp.extra if resp else {}})
                             rec.update(task.score(rec))
-                            store.append(rec)
+                            finished.append(rec)
                             done[p.key] = rec
                             errors += rec["error"] is not None
                             if req is not None:
                                 for a in req.audio():
                                     a.release()
+                        store.append(finished)
                         progress.advance(len(prepared), errors)
             status = "complete"
         finally:

@@ -716,6 +716,12 @@ def plan_real(vctk: str | os.PathLike, desed: str | os.PathLike | None, maestro:
         pairs.append(pair)
         items[sp.rel] = sp
         items[bg.key] = bg
+    missing = sorted({str(items[p.extra["background_key"]].path) for p in pairs
+                      if not items[p.extra["background_key"]].path.is_file()}
+                     | {str(items[p.speech_rel].path) for p in pairs if not items[p.speech_rel].path.is_file()})
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise SSEUBuildError(f"audio file not found: {', '.join(missing[:5])}{more}")
     info = {"n_speech_candidates": len(speech), "skipped_speakers": skipped,
             "n_background_candidates": len(backgrounds)}
     return pairs, info, items
@@ -773,12 +779,15 @@ def _synth_speech() -> list[tuple[str, str]]:
 
 
 def _band_noise(rng: np.random.Generator, n: int, sr: int, lo: float, hi: float, tilt: float = 0.0) -> np.ndarray:
-    spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n, 1.0 / sr)
+    import scipy.fft
+
+    nf = scipy.fft.next_fast_len(n, real=True)
+    spec = scipy.fft.rfft(rng.standard_normal(nf))
+    f = np.fft.rfftfreq(nf, 1.0 / sr)
     shape = ((f >= lo) & (f <= hi)).astype(np.float64)
     if tilt:
         shape *= np.where(f > 0, (np.maximum(f, 1.0) / max(lo, 1.0)) ** (-tilt / 2.0), 0.0)
-    y = np.fft.irfft(spec * shape, n)
+    y = scipy.fft.irfft(spec * shape, nf)[:n]
     return y / (np.sqrt(np.mean(y * y)) + 1e-12)
 
 

@@ -118,6 +118,7 @@ def parse_event_list(text: str | list | None) -> list[str]:
                 pass
         if items is None:
             t = re.sub(r"^\s*(?:events?|sound events?|detected events?)\s*[:：]\s*", "", t, flags=re.I)
+            t = re.sub(r"\s*[(\[][^()\[\]]*\d[^()\[\]]*[)\]]", "", t)  # "(0.5-2.0 s)" timings
             items = re.split(r"[,;\n]+", t)
     out: list[str] = []
     for it in items:

@@ -1,7 +1,7 @@
 """A run directory: `samples.jsonl` (append-only, flushed per record), `run.json`
 (written atomically) and a lock so two processes never write one run.
 
-Crash safety: a record is appended with one write and flushed, so `kill -9`
+Crash safety: each batch of records is appended with one write and flushed, so `kill -9`
 loses at most a partial last line, which `load()` truncates away. Records are
 never rewritten in place; `compact()` rewrites the file atomically (temp file +
 rename) when superseded records (retried errors) must go.
@@ -120,10 +120,12 @@ class RunStore:
     def load(self) -> dict[str, dict[str, Any]]:
         return latest_by_key(read_records(self.samples_path, repair=self._lock_file is not None))
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Append one batch of finished records and flush them to the OS, so a
+        `kill -9` after this returns loses none of them."""
         if self._out is None:
             self._out = open(self.samples_path, "a", encoding="utf-8")
-        self._out.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        self._out.write("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records))
         self._out.flush()
 
     def compact(self, keep_order: list[str] | None = None) -> None:
