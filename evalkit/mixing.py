@@ -49,7 +49,8 @@ period. Event annotations are mapped through the same cut/loop by
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 

@@ -56,9 +56,10 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -147,8 +148,7 @@ def parse_snrs(values: Iterable[Any] | str | None) -> list[tuple[str, float]]:
         raw = v
         if isinstance(v, str):
             s = v.strip().lower().replace(" ", "")
-            if s.endswith("db"):
-                s = s[:-2]
+            s = s.removesuffix("db")
             if s in ("inf", "+inf", "infinity", "+infinity"):
                 val = math.inf
             elif s in ("-inf", "-infinity"):

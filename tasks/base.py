@@ -138,13 +138,14 @@ class MCQTask(Task):
         else:
             e = extract_choice(record.get("output"), choices)
             ext_index, stage = e.index, e.stage
-        correct = ext_index is not None and choices[ext_index] == choices[gold]
+        # withheld answers (e.g. MMAU test): extracted and exported, not scored
+        correct = None if gold is None else float(ext_index is not None and choices[ext_index] == choices[gold])
         scores: dict[str, float | None] = {
-            "accuracy": float(correct),
+            "accuracy": correct,
             "extraction_failure": float(stage in FAILURE_STAGES and stage != "error"),
         }
         if type(self).official is not None:
-            scores["accuracy_official"] = type(self).official(record)
+            scores["accuracy_official"] = type(self).official(record) if gold is not None else None
         return {"extracted": LETTERS[ext_index] if ext_index is not None else None,
                 "extraction_stage": stage, "scores": scores}
 
