@@ -244,6 +244,50 @@ def check(
         raise typer.Exit(1)
 
 
+def _print_build(summary: dict[str, Any]) -> None:
+    out.print_json(data={k: v for k, v in summary.items() if not isinstance(v, (list, dict)) or len(str(v)) < 400})
+
+
+@data_app.command("sseu")
+def data_sseu(
+    vctk: Path = typer.Option(..., help="VCTK root (wav48_silence_trimmed/ + txt/, or wav48/ + txt/)."),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder (clips/, manifest.jsonl, sseu.json)."),
+    desed: Optional[Path] = typer.Option(None, help="DESED public evaluation set root (scene: home)."),
+    maestro: Optional[Path] = typer.Option(None, help="MAESTRO-Real development root (five scenes)."),
+    snr: Optional[list[str]] = typer.Option(None, help="SNR in dB, +inf or -inf; repeat (default: all seven)."),
+    seed: int = typer.Option(0, help="Pairing and offsets seed."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N speech/background pairs."),
+    event_classes: str = typer.Option("A", help="Event class list: A (default), B, or a TSV file."),
+    stems: bool = typer.Option(False, help="Also write the speech and background parts of each clip."),
+) -> None:
+    """Build SSEU-Bench mixtures from VCTK, DESED and MAESTRO-Real (resumable, deterministic)."""
+    from evalkit.sseu_build import SSEUBuildError, build
+
+    try:
+        summary = build(vctk, desed, maestro, out_dir, snrs=snr, seed=seed, limit=limit, progress=True,
+                        event_classes=event_classes, stems=stems)
+    except (SSEUBuildError, FileNotFoundError) as e:
+        fail(str(e))
+    _print_build(summary)
+
+
+@data_app.command("sseu-synth")
+def data_sseu_synth(
+    out_dir: Path = typer.Option(Path("data/sseu-synth"), "--out", help="Output folder."),
+    seed: int = typer.Option(0, help="Seed for backgrounds and pairing."),
+    pairs: int = typer.Option(12, help="Speech/background pairs (each at every SNR)."),
+    snr: Optional[list[str]] = typer.Option(None, help="SNR in dB, +inf or -inf; repeat (default: all seven)."),
+) -> None:
+    """Build the small SYNTHETIC offline set (espeak-ng speech + procedural scenes), in seconds."""
+    from evalkit.sseu_build import SSEUBuildError, build_synthetic
+
+    try:
+        summary = build_synthetic(out_dir, seed=seed, snrs=snr, n_pairs=pairs, progress=True)
+    except SSEUBuildError as e:
+        fail(str(e))
+    _print_build(summary)
+
+
 def main() -> None:
     app()
 
