@@ -1,0 +1,368 @@
+"""The OpenAI-compatible adapter against a real local HTTP server (tests/fake_openai_server.py)."""
+from __future__ import annotations
+
+import email.utils
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openai")
+
+from fake_openai_server import (  # noqa: E402
+    Fault,
+    FakeOpenAIServer,
+    always,
+    audio_parts,
+    decode_input_audio,
+    first_n,
+)
+
+from evalkit.models.openai_compat import (  # noqa: E402
+    OpenAICompatible,
+    OpenAIConfig,
+    clean_url,
+    parse_retry_after,
+)
+from evalkit.types import AudioRef, GenerationConfig, Request  # noqa: E402
+
+SECRET = "sk-test-SECRET-0123456789abcdef"
+
+
+@pytest.fixture
+def fake_server():
+    with FakeOpenAIServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def make_adapter(monkeypatch):
+    monkeypatch.setenv("EVALKIT_TEST_OPENAI_KEY", SECRET)
+    made = []
+
+    def make(srv, **kw):
+        kw.setdefault("model", "fake-audio-model")
+        kw.setdefault("api_key_env", "EVALKIT_TEST_OPENAI_KEY")
+        kw.setdefault("backoff_base_s", 0.001)
+        kw.setdefault("backoff_max_s", 0.01)
+        kw.setdefault("timeout_s", 10)
+        m = OpenAICompatible(OpenAIConfig(base_url=srv.url, **kw))
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.close()
+
+
+def tone(sr=8000, seconds=0.5, freq=440.0):
+    t = np.arange(int(sr * seconds)) / sr
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def audio_request(key="s1", sr=8000, gen=None, n_audio=1):
+    parts = [{"type": "audio", "audio": AudioRef(array=tone(sr, freq=300 + 100 * i), sample_rate=sr,
+                                                   label=f"clip{i}.wav")} for i in range(n_audio)]
+    parts.append({"type": "text", "text": "Which sound is it? (A) dog (B) cat"})
+    return Request(key, [{"role": "user", "content": parts}], gen or GenerationConfig())
+
+
+def text_request(key="t1", text="What is 2+2?"):
+    return Request(key, [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                         {"role": "user", "content": [{"type": "text", "text": text}]}])
+
+
+# ---- payload ------------------------------------------------------------------------------
+def test_text_and_audio_request_payload(fake_server, make_adapter):
+    fake_server.reply = lambda body: "A" if audio_parts(body) else "no audio"
+    m = make_adapter(fake_server)
+    out = m.generate([audio_request("a1", sr=8000, n_audio=2), text_request("t1")])
+    assert [r.key for r in out] == ["a1", "t1"]
+    assert [r.text for r in out] == ["A", "no audio"]
+    assert all(r.error is None for r in out)
+    assert out[0].latency_s is not None and out[0].latency_s > 0
+    assert out[0].extra["retries"] == 0 and out[0].extra["finish_reason"] == "stop"
+    assert out[0].extra["usage"]["total_tokens"] >= 2
+
+    by_text = {("audio" if audio_parts(b) else "text"): b for b in fake_server.bodies}
+    body = by_text["audio"]
+    assert body["model"] == "fake-audio-model"
+    content = body["messages"][0]["content"]
+    assert [p["type"] for p in content] == ["input_audio", "input_audio", "text"]
+    assert content[2] == {"type": "text", "text": "Which sound is it? (A) dog (B) cat"}
+    for p in audio_parts(body):
+        assert p["format"] == "wav"
+        x, sr = decode_input_audio(p)  # valid base64 (validate=True) of a readable WAV
+        assert sr == 16000  # resampled from 8 kHz to the adapter's rate
+        assert abs(len(x) - 8000) <= 2  # 0.5 s at 16 kHz
+        assert np.abs(x).max() > 0.3
+
+    tbody = by_text["text"]
+    assert tbody["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert tbody["messages"][1]["content"] == [{"type": "text", "text": "What is 2+2?"}]
+    # the key went in the Authorization header, nowhere else
+    auth = [r.headers.get("authorization") for r in fake_server.received]
+    assert auth == [f"Bearer {SECRET}"] * 2
+
+
+def test_generation_settings_forwarded(fake_server, make_adapter):
+    m = make_adapter(fake_server, extra_body={"reasoning_effort": "low"})
+    gen = GenerationConfig(max_new_tokens=33, temperature=0.7, top_p=0.9, seed=1234)
+    (r,) = m.generate([audio_request(gen=gen)])
+    assert r.text == "The answer is (B)." and r.error is None
+    body = fake_server.bodies[0]
+    assert body["max_tokens"] == 33
+    assert body["temperature"] == 0.7
+    assert body["top_p"] == 0.9
+    assert body["seed"] == 1234
+    assert body["reasoning_effort"] == "low"
+
+    fake_server.reset()
+    m2 = make_adapter(fake_server, max_tokens_param="max_completion_tokens")
+    m2.generate([Request("x", text_request().messages, GenerationConfig(seed=None, max_new_tokens=7))])
+    body = fake_server.bodies[0]
+    assert body["max_completion_tokens"] == 7 and "max_tokens" not in body and "seed" not in body
+
+
+def test_keys_and_order_preserved_across_batches(fake_server, make_adapter):
+    fake_server.latency_s = lambda i, body: 0.002 * (i % 5)  # replies arrive out of order
+    fake_server.reply = lambda body: body["messages"][-1]["content"][0]["text"]
+    m = make_adapter(fake_server, concurrency=8)
+    for batch in range(2):  # the client and its loop are reused across batches
+        reqs = [text_request(f"k{batch}-{i}", text=f"echo {batch}-{i}") for i in range(20)]
+        out = m.generate(reqs)
+        assert [r.key for r in out] == [r.key for r in reqs]
+        assert [r.text for r in out] == [f"echo {batch}-{i}" for i in range(20)]
+    assert m.generate([]) == []
+
+
+# ---- concurrency -----------------------------------------------------------------------------
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_concurrency_limit_respected(make_adapter, concurrency):
+    with FakeOpenAIServer(latency_s=0.05) as srv:
+        m = make_adapter(srv, concurrency=concurrency)
+        assert m.preferred_batch_size == 4 * concurrency
+        out = m.generate([text_request(f"k{i}") for i in range(12)])
+        assert all(r.error is None for r in out)
+        assert srv.count == 12
+        assert srv.max_in_flight <= concurrency
+        assert srv.max_in_flight == concurrency  # and actually used
+
+
+def test_concurrent_requests_overlap(make_adapter):
+    with FakeOpenAIServer(latency_s=0.3) as srv:
+        m = make_adapter(srv, concurrency=32)
+        m.generate([text_request("warm")])
+        t0 = time.perf_counter()
+        out = m.generate([text_request(f"k{i}") for i in range(32)])
+        elapsed = time.perf_counter() - t0
+        assert all(r.error is None for r in out)
+        assert srv.max_in_flight == 32
+        assert elapsed < 0.3 * 4, f"32 concurrent 0.3 s requests took {elapsed:.2f} s"
+
+
+def test_async_form(fake_server, make_adapter):
+    import asyncio
+
+    m = make_adapter(fake_server)
+    out = asyncio.run(m.agenerate([text_request("a"), text_request("b")]))
+    assert [r.key for r in out] == ["a", "b"] and all(r.text for r in out)
+
+
+# ---- retries -------------------------------------------------------------------------------
+def test_429_with_retry_after_is_retried(make_adapter):
+    with FakeOpenAIServer(faults=first_n(2, 429, retry_after="0")) as srv:
+        m = make_adapter(srv, max_retries=3, backoff_base_s=5, backoff_max_s=5)  # Retry-After: 0 wins
+        t0 = time.perf_counter()
+        (r,) = m.generate([text_request()])
+        assert time.perf_counter() - t0 < 2
+        assert r.error is None and r.text == "The answer is (B)."
+        assert r.extra["retries"] == 2
+        assert [x.status for x in srv.received] == [429, 429, 200]
+
+
+def test_retry_after_seconds_is_honoured(make_adapter):
+    with FakeOpenAIServer(faults=first_n(1, 429, retry_after="1")) as srv:
+        m = make_adapter(srv, max_retries=2, backoff_base_s=0.001, backoff_max_s=5)
+        t0 = time.perf_counter()
+        (r,) = m.generate([text_request()])
+        assert r.error is None
+        assert time.perf_counter() - t0 >= 0.95
+
+
+def test_retry_after_capped_by_backoff_max(make_adapter):
+    with FakeOpenAIServer(faults=first_n(1, 429, retry_after="30")) as srv:
+        m = make_adapter(srv, max_retries=2, backoff_max_s=0.05)
+        t0 = time.perf_counter()
+        (r,) = m.generate([text_request()])
+        assert r.error is None and time.perf_counter() - t0 < 2
+
+
+def test_parse_retry_after():
+    assert parse_retry_after({"retry-after": "3"}) == 3.0
+    assert parse_retry_after({"retry-after": "0.5"}) == 0.5
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert parse_retry_after({}) is None
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    now = time.time()
+    date = email.utils.formatdate(now + 10, usegmt=True)
+    assert 8 <= parse_retry_after({"retry-after": date}, now=now) <= 11
+    past = email.utils.formatdate(now - 100, usegmt=True)
+    assert parse_retry_after({"retry-after": past}, now=now) == 0.0
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_persistent_5xx_becomes_error_after_max_retries(make_adapter, status):
+    with FakeOpenAIServer(faults=always(status, message="backend exploded")) as srv:
+        m = make_adapter(srv, max_retries=3)
+        out = m.generate([text_request("a"), text_request("b")])
+        for r in out:
+            assert r.text is None
+            assert r.error.startswith(f"HTTP {status} after 3 retries: ")
+            assert "backend exploded" in r.error
+            assert r.extra["retries"] == 3
+        assert srv.count == 2 * 4
+
+
+def test_persistent_429_error_message(make_adapter):
+    with FakeOpenAIServer(faults=always(429, retry_after="0")) as srv:
+        m = make_adapter(srv, max_retries=2)
+        (r,) = m.generate([text_request()])
+        assert r.error.startswith("HTTP 429 after 2 retries: ")
+        assert srv.count == 3
+
+
+def test_400_not_retried(make_adapter):
+    with FakeOpenAIServer(faults=always(400, message="bad audio format")) as srv:
+        m = make_adapter(srv, max_retries=5)
+        (r,) = m.generate([audio_request()])
+        assert r.error == "HTTP 400: bad audio format"
+        assert srv.count == 1
+
+
+def test_timeout_is_retried(make_adapter):
+    with FakeOpenAIServer(latency_s=lambda i, body: 2.0 if i == 0 else 0.0) as srv:
+        m = make_adapter(srv, timeout_s=0.3, max_retries=2)
+        (r,) = m.generate([text_request()])
+        assert r.error is None and r.extra["retries"] == 1
+
+
+def test_timeout_exhausted(make_adapter):
+    with FakeOpenAIServer(latency_s=1.0) as srv:
+        m = make_adapter(srv, timeout_s=0.1, max_retries=1)
+        (r,) = m.generate([text_request()])
+        assert r.error.startswith("timeout after 1 retries")
+
+
+def test_connection_error_becomes_error_response(make_adapter):
+    srv = FakeOpenAIServer().start()
+    m = make_adapter(srv, max_retries=1)
+    srv.stop()  # nothing listens on that port any more
+    (r,) = m.generate([text_request()])
+    assert r.error.startswith("connection error after 1 retries")
+
+
+def test_one_failure_does_not_fail_the_batch(make_adapter):
+    def faults(i, body):
+        return Fault(400, "nope") if "poison" in json.dumps(body) else None
+
+    with FakeOpenAIServer(faults=faults) as srv:
+        m = make_adapter(srv)
+        out = m.generate([text_request("ok1"), text_request("bad", text="poison"), text_request("ok2")])
+        assert [r.error is None for r in out] == [True, False, True]
+
+
+def test_undecodable_audio_is_a_per_request_error(fake_server, make_adapter, tmp_path):
+    m = make_adapter(fake_server)
+    bad = Request("bad", [{"role": "user", "content": [
+        {"type": "audio", "audio": AudioRef(path=tmp_path / "missing.wav")},
+        {"type": "text", "text": "q"}]}])
+    out = m.generate([bad, text_request("ok")])
+    assert "missing.wav" in out[0].error and out[1].error is None
+    assert fake_server.count == 1
+
+
+# ---- secrets ----------------------------------------------------------------------------------
+def test_api_key_never_leaks(make_adapter):
+    def faults(i, body):  # a hostile server echoing the key back in its error
+        return Fault(401, f"Incorrect API key provided: {SECRET}") if i == 0 else Fault(503, f"Bearer {SECRET}")
+
+    with FakeOpenAIServer(faults=faults) as srv:
+        m = make_adapter(srv, max_retries=1)
+        out = m.generate([text_request("a")]) + m.generate([text_request("b")])
+        blob = json.dumps([r.__dict__ for r in out], default=str) + json.dumps(m.info()) + repr(m.config)
+        assert out[0].error.startswith("HTTP 401") and out[1].error.startswith("HTTP 503")
+        assert SECRET not in blob
+        assert "SECRET" not in blob
+
+
+def test_missing_key_for_remote_endpoint_is_clear(monkeypatch):
+    monkeypatch.delenv("EVALKIT_NO_SUCH_KEY", raising=False)
+    with pytest.raises(ValueError, match="EVALKIT_NO_SUCH_KEY"):
+        OpenAICompatible(OpenAIConfig(base_url="https://api.example.com/v1", model="m",
+                                      api_key_env="EVALKIT_NO_SUCH_KEY"))
+
+
+def test_local_endpoint_needs_no_key(fake_server, monkeypatch):
+    monkeypatch.delenv("EVALKIT_NO_SUCH_KEY", raising=False)
+    m = OpenAICompatible(OpenAIConfig(base_url=fake_server.url, model="m", api_key_env="EVALKIT_NO_SUCH_KEY"))
+    try:
+        (r,) = m.generate([text_request()])
+        assert r.error is None
+    finally:
+        m.close()
+
+
+def test_info_strips_credentials_and_query():
+    assert clean_url("https://user:pw@host.example:8443/v1?api-key=abc#x") == "https://host.example:8443/v1"
+    assert clean_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+
+
+def test_info(fake_server, make_adapter):
+    m = make_adapter(fake_server)
+    info = m.info()
+    assert info["base_url"] == fake_server.url and info["model"] == "fake-audio-model"
+    assert info["text_only"] is False
+    m2 = make_adapter(fake_server, audio=False)
+    assert m2.info()["text_only"] is True
+
+
+def test_config_typos_fail():
+    with pytest.raises(Exception, match="concurency"):
+        OpenAIConfig(model="m", concurency=4)
+
+
+def test_base_url_default_from_env(monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    assert OpenAIConfig(model="m").base_url == "http://127.0.0.1:9/v1"
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    assert OpenAIConfig(model="m").base_url == "https://api.openai.com/v1"
+
+
+# ---- text-only mode -------------------------------------------------------------------------------
+def test_text_only_mode_refuses_audio(fake_server, make_adapter):
+    m = make_adapter(fake_server, audio=False)
+    assert m.capabilities == frozenset({"text"})
+    assert "audio" in OpenAICompatible.capabilities  # the class default is untouched
+    out = m.generate([audio_request("a"), text_request("t")])
+    assert "text-only" in out[0].error and out[0].text is None
+    assert out[1].error is None
+    assert fake_server.count == 1 and not audio_parts(fake_server.bodies[0])
+
+
+# ---- lazy import -------------------------------------------------------------------------------
+def test_module_import_does_not_import_openai():
+    code = ("import sys, evalkit.models.openai_compat as m; "
+            "assert m.OpenAICompatible.name == 'openai'; "
+            "bad = [x for x in ('openai', 'httpx', 'httpx2') if x in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_registry_resolves():
+    from evalkit import registry
+
+    assert registry.get_model("openai") is OpenAICompatible
