@@ -20,7 +20,9 @@ app = typer.Typer(
          "-T data=mmau-test-mini.json -T audio_root=./mmau",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build benchmark data from its sources.", no_args_is_help=True)
+build_app = typer.Typer(help="Build a benchmark's clips and manifest from its source corpora.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+data_app.add_typer(build_app, name="build")
 console = Console(stderr=True)
 out = Console()
 
@@ -248,7 +250,7 @@ def _print_build(summary: dict[str, Any]) -> None:
     out.print_json(data={k: v for k, v in summary.items() if not isinstance(v, (list, dict)) or len(str(v)) < 400})
 
 
-@data_app.command("sseu")
+@build_app.command("sseu")
 def data_sseu(
     vctk: Path = typer.Option(..., help="VCTK root (wav48_silence_trimmed/ + txt/, or wav48/ + txt/)."),
     out_dir: Path = typer.Option(..., "--out", help="Output folder (clips/, manifest.jsonl, sseu.json)."),
@@ -271,7 +273,7 @@ def data_sseu(
     _print_build(summary)
 
 
-@data_app.command("sseu-synth")
+@build_app.command("sseu-synth")
 def data_sseu_synth(
     out_dir: Path = typer.Option(Path("data/sseu-synth"), "--out", help="Output folder."),
     seed: int = typer.Option(0, help="Seed for backgrounds and pairing."),

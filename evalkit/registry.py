@@ -20,11 +20,18 @@ BUILTIN_TASKS: dict[str, str] = {
     "mmsu": "evalkit.tasks.mmsu:MMSU",
     "cochlscene": "evalkit.tasks.cochlscene:CochlScene",
     "akb2000": "evalkit.tasks.akb2000:AKB2000",
+    "sseu-asr": "evalkit.tasks.sseu:SSEUASR",
+    "sseu-asc": "evalkit.tasks.sseu:SSEUASC",
+    "sseu-at": "evalkit.tasks.sseu:SSEUAT",
+    "sseu-joint": "evalkit.tasks.sseu:SSEUJoint",
+    "sseu-joint-cot": "evalkit.tasks.sseu:SSEUJointCoT",
 }
 
 BUILTIN_MODELS: dict[str, str] = {
     "predictions": "evalkit.models.predictions:PredictionsFile",
     "openai": "evalkit.models.openai_compat:OpenAICompatible",
+    "whisper": "evalkit.models.whisper_asr:WhisperASR",
+    "clap": "evalkit.models.clap:CLAP",
 }
 
 

@@ -1,0 +1,46 @@
+"""Figures from run records (pure functions of run.json; matplotlib, headless)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+SNR_ORDER = ["+inf", "10", "5", "0", "-5", "-10", "-inf"]
+
+
+def _order(keys: list[str]) -> list[str]:
+    known = [k for k in SNR_ORDER if k in keys]
+    return known + sorted(k for k in keys if k not in SNR_ORDER)
+
+
+def metric_by_group(runs: list[dict[str, Any]], metric: str, grouping: str, out: Path, title: str | None = None) -> Path:
+    """One line per run: `metric` (with its 95% CI) for each value of `grouping`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for run in runs:
+        groups = run.get("groups", {}).get(grouping)
+        if not groups:
+            raise ValueError(f"run {run['run_id']} has no grouping {grouping!r}")
+        keys = [k for k in _order(list(groups)) if groups[k].get(metric, {}).get("value") is not None]
+        if not keys:
+            raise ValueError(f"run {run['run_id']} has no values of {metric!r} by {grouping!r}")
+        vals = [groups[k][metric]["value"] for k in keys]
+        lo = [v - groups[k][metric]["ci"][0] for k, v in zip(keys, vals)]
+        hi = [groups[k][metric]["ci"][1] - v for k, v in zip(keys, vals)]
+        synthetic = " (synthetic data)" if run["task"].get("source", {}).get("synthetic") else ""
+        ax.errorbar(keys, vals, yerr=[lo, hi], marker="o", capsize=3,
+                    label=f"{run['model']['name']} on {run['task']['name']}{synthetic}")
+    ax.set_xlabel(f"{grouping} (dB)" if grouping == "snr" else grouping)
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(title or f"{metric} by {grouping}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
