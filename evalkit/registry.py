@@ -32,6 +32,15 @@ BUILTIN_MODELS: dict[str, str] = {
     "openai": "evalkit.models.openai_compat:OpenAICompatible",
     "whisper": "evalkit.models.whisper_asr:WhisperASR",
     "clap": "evalkit.models.clap:CLAP",
+    "hf": "evalkit.models.hf_audio:HFAudioLM",
+    "qwen2-audio": "evalkit.models.hf_audio:Qwen2AudioHF",
+    "qwen2.5-omni": "evalkit.models.hf_audio:Qwen25OmniHF",
+    "audio-flamingo-3": "evalkit.models.hf_audio:AudioFlamingo3HF",
+    "voxtral-mini": "evalkit.models.hf_audio:VoxtralMiniHF",
+    "vllm": "evalkit.models.vllm_audio:VLLMAudio",
+    "text": "evalkit.models.text_llm:TextLLM",
+    "cascade": "evalkit.models.cascade:Cascade",
+    "eva": "evalkit.models.eva:EvA",
 }
 
 

@@ -25,6 +25,18 @@ from evalkit.types import Request, Response
 BUNDLED_SIZE = "tiny.en"
 
 
+def _temperatures(t: float) -> tuple[float, ...]:
+    """Whisper's fallback schedule starting at the requested temperature."""
+    return tuple(round(x, 1) for x in (t + 0.2 * i for i in range(6)) if x <= 1.0 + 1e-9) or (t,)
+
+
+def _request_seed(r) -> int:
+    import hashlib
+
+    base = r.generation.seed or 0
+    return (base * 1_000_003 + int(hashlib.sha256(r.key.encode()).hexdigest()[:8], 16)) % (2**31)
+
+
 class WhisperConfig(AdapterConfig):
     size: str = BUNDLED_SIZE
     path: str | None = None
@@ -113,6 +125,8 @@ class WhisperASR(Model):
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: list[Request]) -> list[Response]:
+        import ctranslate2
+
         model = self._load()
         language = self.config.language
         if str(self._resolved).endswith(".en") or self.config.size.endswith(".en") and not self.config.path:
@@ -125,8 +139,14 @@ class WhisperASR(Model):
                 if not parts:
                     raise ValueError("request has no audio part")
                 x, _ = parts[0].load(16000)
+                # Whisper's standard decoding: greedy first, then the temperature fallback when the
+                # output looks degenerate (compression ratio / log-prob checks). The fallback samples,
+                # so the sampler is re-seeded per request: runs are reproducible and order-independent.
+                ctranslate2.set_random_seed(_request_seed(r))
                 segments, info = model.transcribe(x, beam_size=self.config.beam_size, language=language,
-                                                  condition_on_previous_text=False, vad_filter=False)
+                                                  temperature=_temperatures(r.generation.temperature),
+                                                  condition_on_previous_text=False, vad_filter=False,
+                                                  without_timestamps=True)
                 text = " ".join(s.text.strip() for s in segments).strip()
                 out.append(Response(key=r.key, text=text, latency_s=time.perf_counter() - t0,
                                     extra={"language": getattr(info, "language", None)}))

@@ -1,0 +1,224 @@
+"""EvA (Evidence-first Audio): Kimi-Audio with a CED-Base branch fused into the LLM input.
+
+Importing this module imports neither torch nor transformers; the torch code lives in the
+submodules (`ced`, `aggregator`, `align`, `fusion`, `kimi`) and is imported on first use.
+
+Usage: `evalkit run --model eva -M checkpoint=PATH -M kimi_path=DIR -M ced_path=DIR ...`
+- checkpoint: the EvA fusion weights (`model.ced_processor.*`, .safetensors, or a torch file
+  loaded with weights_only=True). Not published upstream (the release says "TBD").
+- kimi_path: a local `moonshotai/Kimi-Audio-7B-Instruct` snapshot (LLM, vq_adaptor, whisper-large-v3/).
+- ced_path: a local `mispeech/ced-base` snapshot or weights file (HF or original layout).
+- semantic_codes: JSON {clip sha256 | path | label: [GLM-4-Voice codes]}; the WhisperVQ tokenizer
+  (THUDM/glm-4-voice-tokenizer) is not implemented in evalkit.
+- ablations: ced=off, bands=0,3 (zero those CED frequency bands), gate=0.0 (override alpha).
+See docs/eva.md.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Literal
+
+from evalkit.models.base import AdapterConfig, Model
+from evalkit.types import Request, Response
+
+NO_CHECKPOINT = (
+    "EvA fusion weights are not published upstream (satsuki2486441738/EvA lists them as TBD); "
+    "pass -M checkpoint=PATH (a .safetensors or .pt file holding model.ced_processor.* weights), "
+    "and point at local snapshots with -M kimi_path=DIR (moonshotai/Kimi-Audio-7B-Instruct) and "
+    "-M ced_path=DIR_OR_FILE (mispeech/ced-base).")
+
+
+class EvAWeightsError(RuntimeError):
+    pass
+
+
+class EvAConfig(AdapterConfig):
+    checkpoint: str | None = None
+    kimi_path: str | None = None
+    ced_path: str | None = None
+    backbone: Literal["kimi", "qwen2.5-omni"] = "kimi"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    device: str = "auto"
+    ced: Literal["on", "off"] = "on"
+    bands: str | None = None
+    gate: float | None = None
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    max_batch: int = 8
+    semantic_codes: str | None = None
+    cache_clips: int = 256
+
+
+class EvA(Model):
+    name = "eva"
+    description = "EvA: Kimi-Audio + CED-Base evidence branch (needs local weights)"
+    source = "github.com/satsuki2486441738/EvA (arXiv 2603.27667); moonshotai/Kimi-Audio-7B-Instruct; mispeech/ced-base"
+    capabilities = frozenset({"audio", "text", "multi_audio"})
+    Config = EvAConfig
+    sample_rate = 16000
+    default_batch_size = 8
+
+    def __init__(self, config: EvAConfig):
+        super().__init__(config)
+        self._model = None
+        self._encode_text = None
+        self._decode = None
+        self._semantic = None
+        self._clips: OrderedDict[str, Any] = OrderedDict()
+
+    # ------------------------------------------------------------------ loading
+    def _resolved(self) -> tuple[str, str]:
+        import torch
+
+        c = self.config
+        device = c.device if c.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+        return device, dtype
+
+    def _check_paths(self) -> None:
+        c = self.config
+        if c.backbone == "qwen2.5-omni":
+            raise NotImplementedError(
+                "EvA on Qwen2.5-Omni is not implemented in evalkit (the release's qwen2_5_omni_eva adds ced_processor "
+                "to the Thinker's audio embeddings); use backbone=kimi")
+        if not c.checkpoint:
+            raise EvAWeightsError(NO_CHECKPOINT)
+        missing = [f"-M {k}=..." for k in ("kimi_path", "ced_path") if not getattr(c, k)]
+        if missing:
+            raise EvAWeightsError(f"EvA needs local snapshots: {', '.join(missing)}. " + NO_CHECKPOINT)
+        for k in ("checkpoint", "kimi_path", "ced_path"):
+            if not Path(getattr(c, k)).expanduser().exists():
+                raise EvAWeightsError(f"-M {k}={getattr(c, k)}: no such file or folder")
+
+    def _load(self):
+        if self._model is not None:
+            return self._model
+        self._check_paths()
+        import torch
+
+        from .kimi import encode_text_fn, load_kimi_eva
+
+        device, dtype = self._resolved()
+        model, tok = load_kimi_eva(self.config.kimi_path, self.config.ced_path, self.config.checkpoint, device,
+                                   getattr(torch, dtype), self.config.attn_implementation)
+        self.attach(model, encode_text_fn(tok), lambda ids: tok.decode(ids))
+        return self._model
+
+    def attach(self, model, encode_text, decode, semantic_fn=None) -> "EvA":
+        """Use prebuilt components (tests, notebooks): a kimi.KimiEvA, text encode/decode callables
+        and optionally a semantic-id function (AudioRef -> list of GLM-4-Voice codes)."""
+        from .aggregator import parse_bands
+
+        self._model = model
+        self._encode_text, self._decode = encode_text, decode
+        if semantic_fn is not None:
+            self._semantic = semantic_fn
+        proc = model.ced_processor
+        proc.enabled = self.config.ced == "on"
+        proc.gate_override = self.config.gate
+        proc.audio_aggregator.zero_bands = parse_bands(self.config.bands, proc.audio_aggregator.F)
+        return self
+
+    def _semantic_fn(self):
+        if self._semantic is not None:
+            return self._semantic
+        from .kimi import no_semantic_tokenizer
+
+        if not self.config.semantic_codes:
+            self._semantic = no_semantic_tokenizer
+            return self._semantic
+        table = json.loads(Path(self.config.semantic_codes).expanduser().read_text())
+
+        def lookup(audio) -> list[int]:
+            for key in (audio.sha256(), str(audio.path) if audio.path else None, audio.label):
+                if key and key in table:
+                    return [int(x) for x in table[key]]
+            raise KeyError(f"no semantic codes for {audio.describe()} in {self.config.semantic_codes}")
+
+        self._semantic = lookup
+        return lookup
+
+    # ------------------------------------------------------------------ generation
+    def _encode_clips(self, refs: list[Any]) -> dict[str, Any]:
+        """Encoder outputs per clip, cached by AudioRef.sha256() across questions on one clip."""
+        import torch
+
+        model = self._model
+        todo = {r.sha256(): r for r in refs if r.sha256() not in self._clips}
+        if todo:
+            waves = [torch.from_numpy(r.load(16000)[0]).float() for r in todo.values()]
+            for key, enc in zip(todo, model.encode(waves)):
+                self._clips[key] = enc
+        out = {}
+        for r in refs:
+            key = r.sha256()
+            self._clips.move_to_end(key)
+            out[key] = self._clips[key]
+        while len(self._clips) > max(self.config.cache_clips, len(out)):
+            self._clips.popitem(last=False)
+        return out
+
+    def generate(self, requests: list[Request]) -> list[Response]:
+        model = self._load()
+        from .kimi import build_prompt
+
+        semantic = self._semantic_fn()
+        out: dict[str, Response] = {}
+        bs = max(1, self.config.max_batch)
+        for b0 in range(0, len(requests), bs):
+            batch = requests[b0: b0 + bs]
+            t0 = time.perf_counter()
+            ok, prompts, clip_lists = [], [], []
+            try:
+                clips = self._encode_clips([a for r in batch for a in r.audio()])
+            except Exception as e:  # fall back to one request at a time to isolate the bad clip
+                if len(batch) > 1:
+                    for r in batch:
+                        out[r.key] = self._one(r)
+                    continue
+                out[batch[0].key] = Response(key=batch[0].key, error=f"{type(e).__name__}: {e}")
+                continue
+            for r in batch:
+                try:
+                    prompts.append(build_prompt(r.messages, self._encode_text, semantic, model.tokens))
+                    clip_lists.append([clips[a.sha256()] for a in r.audio()])
+                    ok.append(r)
+                except Exception as e:
+                    out[r.key] = Response(key=r.key, error=f"{type(e).__name__}: {e}")
+            if ok:
+                try:
+                    embeds = model.embed(prompts, clip_lists)
+                    g = ok[0].generation
+                    ids = model.generate_from_embeds(embeds, g.max_new_tokens, g.temperature, g.top_p, g.seed)
+                    dt = (time.perf_counter() - t0) / len(ok)
+                    for r, seq in zip(ok, ids):
+                        out[r.key] = Response(key=r.key, text=self._decode(seq), latency_s=dt)
+                except Exception as e:
+                    for r in ok:
+                        out[r.key] = Response(key=r.key, error=f"{type(e).__name__}: {e}")
+        return [out[r.key] for r in requests]
+
+    def _one(self, r: Request) -> Response:
+        saved = self.config.max_batch
+        try:
+            self.config.max_batch = 1
+            return self.generate([r])[0]
+        finally:
+            self.config.max_batch = saved
+
+    def info(self) -> dict[str, Any]:
+        c = self.config
+        d: dict[str, Any] = {"backbone": c.backbone, "checkpoint": c.checkpoint, "kimi_path": c.kimi_path,
+                             "ced_path": c.ced_path, "ced": c.ced, "bands": c.bands, "gate": c.gate,
+                             "attn_implementation": c.attn_implementation}
+        try:
+            d["device"], d["dtype"] = self._resolved()
+        except Exception:
+            pass
+        return d
+
+    def close(self) -> None:
+        self._model = None
+        self._clips.clear()

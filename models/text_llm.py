@@ -1,0 +1,267 @@
+"""Text-only LLMs: AKB-2000 probing and the cascade's second stage.
+
+    evalkit run --model text -M model=Qwen/Qwen2.5-7B-Instruct --task akb2000              # hf (default)
+    evalkit run --model text -M backend=vllm -M model=Qwen/Qwen2.5-7B-Instruct --task akb2000
+    evalkit run --model text -M backend=openai -M model=gpt-4o-mini --task akb2000
+    evalkit run --model text -M backend=openai -M base_url=http://127.0.0.1:8000/v1 -M model=qwen ...
+
+Backends (`-M backend=hf|vllm|openai`):
+  hf      transformers AutoModelForCausalLM + AutoTokenizer through evalkit.models.hf_common (`-M model=HUB_ID [-M revision=...]` or
+          `-M path=DIR`), the tokenizer's chat template (`add_generation_prompt=True`; a tokenizer
+          without one gets the plain text), left-padded batches of `batch_size`, greedy at
+          temperature 0 (sampling with the request's temperature/top_p and a seeded generator
+          otherwise). Kept deliberately minimal: no quantization or multi-GPU sharding beyond
+          `device` (`auto`: cuda if available) and `dtype`.
+  vllm    vLLM's offline engine with text prompts (the chat template through
+          evalkit.models.vllm_audio, family "generic"); `-M vllm='{"tensor_parallel_size": 2}'`
+          passes any other vllm adapter setting. Needs `pip install 'evalkit[vllm]'`.
+  openai  any OpenAI-compatible endpoint via evalkit.models.openai_compat in text-only mode
+          (audio=false): `-M model=...`, `-M base_url=...`, `-M api_key_env=...`, `-M concurrency=N`,
+          `-M openai='{"max_retries": 3}'` for any other setting.
+Capabilities are {"text"}: the runner refuses an audio task unless `--no-audio` (the explicit
+no-audio ablation) drops the audio; an audio part that still reaches the adapter is refused per
+request. `system_prompt` adds a system message when a request has none.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar, Literal
+
+from evalkit.models.base import AdapterConfig, Model
+from pydantic import Field, model_validator
+
+from evalkit.types import GenerationConfig, Request, Response
+
+AUDIO_REFUSED = ("audio part sent to a text-only model: run the task with --no-audio (the explicit "
+                 "no-audio ablation) or use an audio model / the cascade")
+
+
+class TextLLMConfig(AdapterConfig):
+    backend: Literal["hf", "vllm", "openai"] = "hf"
+    #: hub id (hf, vllm) or served model name (openai)
+    model: str | None = None
+    #: a local model folder (hf, vllm)
+    path: str | None = None
+    revision: str | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    device: str = "auto"
+    batch_size: int = Field(8, ge=1)
+    trust_remote_code: bool = False
+    system_prompt: str | None = None
+    # openai backend
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(8, ge=1)
+    #: extra settings for the backend's own config (validated by it)
+    vllm: dict[str, Any] = Field(default_factory=dict)
+    openai: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> TextLLMConfig:
+        b = self.backend
+        if b in ("hf", "vllm") and not (self.model or self.path):
+            raise ValueError(f"backend={b} needs -M model=HUB_ID or -M path=DIR")
+        if b == "openai" and not self.model:
+            raise ValueError("backend=openai needs -M model=NAME (the served model)")
+        if b == "openai" and self.path:
+            raise ValueError("backend=openai takes no path (the model is served elsewhere)")
+        if self.vllm and b != "vllm":
+            raise ValueError(f"-M vllm=... applies to backend=vllm only (backend is {b})")
+        if self.openai and b != "openai":
+            raise ValueError(f"-M openai=... applies to backend=openai only (backend is {b})")
+        if b != "openai" and self.base_url:
+            raise ValueError(f"-M base_url=... applies to backend=openai only (backend is {b})")
+        if b == "vllm":
+            self.vllm_config()  # typos in -M vllm={...} fail at load
+        if b == "openai":
+            self.openai_config()
+        return self
+
+    def vllm_config(self):
+        from evalkit.models.vllm_audio import VLLMConfig
+
+        args = {"model": self.path or self.model, "dtype": self.dtype,
+                "trust_remote_code": self.trust_remote_code, "family": "generic",
+                "limit_mm_per_prompt": {"audio": 0}, **self.vllm}
+        if self.revision and not self.path:
+            args.setdefault("revision", self.revision)
+        return VLLMConfig(**args)
+
+    def openai_config(self):
+        from evalkit.models.openai_compat import OpenAIConfig
+
+        args: dict[str, Any] = {"model": self.model, "api_key_env": self.api_key_env,
+                                "concurrency": self.concurrency, **self.openai, "audio": False}
+        if self.base_url:
+            args["base_url"] = self.base_url
+        return OpenAIConfig(**args)
+
+
+def plain_messages(req: Request, system_prompt: str | None = None) -> list[dict[str, str]]:
+    """Chat messages with string content (text parts joined by newlines); audio is refused."""
+    out = []
+    for m in req.messages:
+        content = m["content"]
+        if isinstance(content, str):
+            out.append({"role": m["role"], "content": content})
+            continue
+        texts = []
+        for p in content:
+            if p["type"] == "audio":
+                raise ValueError(AUDIO_REFUSED)
+            if p["type"] != "text":
+                raise ValueError(f"unsupported content part type {p['type']!r}")
+            texts.append(p["text"])
+        out.append({"role": m["role"], "content": "\n".join(texts)})
+    if system_prompt and not (out and out[0]["role"] == "system"):
+        out.insert(0, {"role": "system", "content": system_prompt})
+    return out
+
+
+def _with_system(req: Request, system_prompt: str | None) -> Request:
+    if not system_prompt or (req.messages and req.messages[0]["role"] == "system"):
+        return req
+    sys_msg = {"role": "system", "content": [{"type": "text", "text": system_prompt}]}
+    return Request(req.key, [sys_msg, *req.messages], req.generation)
+
+
+class _HFBackend:
+    """transformers, through the shared plumbing in evalkit.models.hf_common (device/dtype rules,
+    loading and its error policy, left-padded batched generation)."""
+
+    def __init__(self, c: TextLLMConfig):
+        from evalkit.models import hf_common as hc
+
+        _, transformers = hc.import_hf()
+        self.c, self.hc = c, hc
+        src, local = (c.path, True) if c.path else (c.model, False)
+        common = {"hub_id": c.model, "revision": c.revision, "local_path": local,
+                  "trust_remote_code": c.trust_remote_code or None}
+        self.tok = hc.load_pretrained(transformers.AutoTokenizer, src, what="tokenizer", **common)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.device = hc.resolve_device(c.device)
+        self.dtype = hc.resolve_dtype(c.dtype, self.device)
+        self.model = hc.load_pretrained(transformers.AutoModelForCausalLM, src, what="model", dtype=self.dtype,
+                                        **common).to(self.device).eval()
+
+    def render(self, req: Request) -> str:
+        msgs = plain_messages(req)
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in msgs) + "\n"
+
+    def _batch(self, prompts: list[str], g: GenerationConfig) -> list[str]:
+        enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        inputs = {k: v.to(self.device) for k, v in enc.items()}
+        texts, _ = self.hc.generate_batch(self.model, self.tok, inputs, g)
+        return texts
+
+    def generate(self, requests: list[Request]) -> list[Response]:
+        out: dict[str, Response] = {}
+        groups: dict[tuple, list[tuple[Request, str]]] = {}
+        for r in requests:
+            try:
+                prompt = self.render(r)
+                groups.setdefault(tuple(r.generation.to_dict().items()), []).append((r, prompt))
+            except ValueError as e:
+                out[r.key] = Response(r.key, error=str(e))
+            except Exception as e:
+                out[r.key] = Response(r.key, error=f"{type(e).__name__}: {e}")
+        bs = self.c.batch_size
+        for items in groups.values():
+            g = items[0][0].generation
+            for i in range(0, len(items), bs):
+                chunk = items[i:i + bs]
+                t0 = time.perf_counter()
+                try:
+                    texts = self._batch([p for _, p in chunk], g)
+                except Exception as e:
+                    for r, _ in chunk:
+                        out[r.key] = Response(r.key, error=f"{type(e).__name__}: {e}")
+                    continue
+                per = (time.perf_counter() - t0) / len(chunk)
+                for (r, _), t in zip(chunk, texts):
+                    out[r.key] = Response(r.key, text=t, latency_s=per)
+        return [out[r.key] for r in requests]
+
+    def close(self) -> None:
+        self.model = None
+
+
+class _RefusingAudio:
+    """Wraps a backend adapter: requests with audio become error Responses, never sent."""
+
+    def __init__(self, inner: Model):
+        self.inner = inner
+
+    def generate(self, requests: list[Request]) -> list[Response]:
+        bad = {r.key for r in requests if r.audio()}
+        good = [r for r in requests if r.key not in bad]
+        got = {x.key: x for x in self.inner.generate(good)} if good else {}
+        return [Response(r.key, error=AUDIO_REFUSED) if r.key in bad
+                else got.get(r.key) or Response(r.key, error="backend returned no response") for r in requests]
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class TextLLM(Model):
+    name: ClassVar[str] = "text"
+    description: ClassVar[str] = "text-only LLM (backend=hf|vllm|openai): AKB-2000 probing, cascade second stage"
+    source: ClassVar[str] = "transformers / vLLM / OpenAI-compatible endpoint"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"text"})
+    Config: ClassVar[type[AdapterConfig]] = TextLLMConfig
+    sample_rate: ClassVar[int | None] = None
+    needs_audio: ClassVar[bool] = False
+    default_batch_size: ClassVar[int] = 8
+    volatile_args: ClassVar[frozenset[str]] = frozenset({"batch_size", "concurrency", "device"})
+
+    config: TextLLMConfig
+
+    def __init__(self, config: TextLLMConfig):
+        super().__init__(config)
+        c = config
+        self._backend: Any
+        if c.backend == "hf":
+            self._backend = _HFBackend(c)
+            self.preferred_batch_size = c.batch_size
+        elif c.backend == "vllm":
+            from evalkit.models.vllm_audio import VLLMAudio
+
+            inner = VLLMAudio(c.vllm_config())
+            self._backend = _RefusingAudio(inner)
+            self.preferred_batch_size = inner.preferred_batch_size
+        else:
+            from evalkit.models.openai_compat import OpenAICompatible
+
+            inner = OpenAICompatible(c.openai_config())
+            self._backend = _RefusingAudio(inner)
+            self.preferred_batch_size = inner.preferred_batch_size
+
+    def generate(self, requests: list[Request]) -> list[Response]:
+        if not requests:
+            return []
+        sp = self.config.system_prompt
+        return self._backend.generate([_with_system(r, sp) for r in requests])
+
+    def info(self) -> dict[str, Any]:
+        c = self.config
+        out: dict[str, Any] = {"backend": c.backend, "model": c.model, "path": c.path, "revision": c.revision}
+        inner = getattr(self._backend, "inner", None)
+        if inner is not None:
+            try:
+                out["backend_info"] = inner.info()
+            except Exception as e:
+                out["backend_info"] = {"error": str(e)}
+        elif c.backend == "hf":
+            b = self._backend
+            out.update(dtype=b.hc.dtype_name(b.dtype), device=b.device, commit=b.hc.resolved_commit(b.model))
+        return out
+
+    def close(self) -> None:
+        self._backend.close()
+
+
+__all__ = ["TextLLM", "TextLLMConfig", "plain_messages"]

@@ -1,0 +1,227 @@
+"""The vLLM adapter without vLLM: request building per model family (pure), the missing-extra
+error, and the execution path against a fake `vllm` package (in-process and data parallel)."""
+import importlib
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from evalkit.types import AudioRef, GenerationConfig, Request
+
+FAKE_VLLM = textwrap.dedent('''
+    """A stand-in for vllm: LLM.generate echoes what reached it."""
+    import os
+    from types import SimpleNamespace
+
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.kw = kw
+
+
+    class _Tok:
+        def apply_chat_template(self, msgs, tokenize=False, add_generation_prompt=True):
+            return "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in msgs) + "<assistant>"
+
+
+    class LLM:
+        instances = []
+
+        def __init__(self, **kw):
+            self.kw = kw
+            self.calls = []
+            LLM.instances.append(self)
+            mt = os.environ.get("FAKE_VLLM_MODEL_TYPE")
+            self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(hf_config=SimpleNamespace(model_type=mt)))
+
+        def get_tokenizer(self):
+            return _Tok()
+
+        def generate(self, inputs, params, use_tqdm=True):
+            self.calls.append(len(inputs))
+            if any("BOOM" in x["prompt"] for x in inputs):
+                raise ValueError("prompt longer than max_model_len")
+            outs = []
+            for x, p in zip(inputs, params):
+                audio = x.get("multi_modal_data", {}).get("audio", [])
+                desc = ";".join(f"{len(a)}@{sr}:{float(abs(a).max()):.2f}" for a, sr in audio)
+                text = (f"audio=[{desc}] pid={os.getpid()} dev={os.environ.get('CUDA_VISIBLE_DEVICES')} "
+                        f"temp={p.kw['temperature']} prompt={x['prompt']}")
+                out = SimpleNamespace(text=text, token_ids=[1, 2, 3], finish_reason="stop")
+                outs.append(SimpleNamespace(prompt_token_ids=[0] * 5, outputs=[out]))
+            return outs
+''')
+
+
+def tone(sr=8000, seconds=0.5, amp=0.5):
+    t = np.arange(int(sr * seconds)) / sr
+    return (amp * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def req(key="s1", n_audio=1, text="Which sound? (A) dog (B) cat", system=None, gen=None):
+    content = [{"type": "audio", "audio": AudioRef(array=tone(amp=0.1 * (i + 1)), sample_rate=8000,
+                                                     label=f"c{i}.wav")} for i in range(n_audio)]
+    content.append({"type": "text", "text": text})
+    msgs = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+    msgs.append({"role": "user", "content": content})
+    return Request(key, msgs, gen or GenerationConfig())
+
+
+@pytest.fixture
+def va():
+    return importlib.import_module("evalkit.models.vllm_audio")
+
+
+@pytest.fixture
+def fake_vllm(tmp_path, monkeypatch):
+    pkg = tmp_path / "fakevllm" / "vllm"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(FAKE_VLLM)
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    monkeypatch.syspath_prepend(str(pkg.parent))
+    yield pkg.parent
+    sys.modules.pop("vllm", None)
+
+
+# ---- no vllm -----------------------------------------------------------------------------
+def test_import_does_not_need_vllm_and_missing_extra_is_clear(monkeypatch, va):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    mod = importlib.reload(va)
+    assert "pip install 'evalkit[vllm]'" in mod.INSTALL_HINT
+    with pytest.raises(ImportError, match=r"pip install 'evalkit\[vllm\]'"):
+        mod.VLLMAudio(mod.VLLMConfig(model="Qwen/Qwen2-Audio-7B-Instruct"))
+    # request building still works without vllm
+    x = mod.build_vllm_input(req(), "qwen2_audio")
+    assert x["multi_modal_data"]["audio"][0][1] == 16000
+
+
+def test_config_typo_fails(va):
+    with pytest.raises(Exception, match="tensor_paralel_size"):
+        va.VLLMConfig(model="m", tensor_paralel_size=2)
+
+
+# ---- families ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name,mt,family", [
+    ("Qwen/Qwen2-Audio-7B-Instruct", None, "qwen2_audio"),
+    ("/ckpt/qwen2_audio_ft", None, "qwen2_audio"),
+    ("Qwen/Qwen2.5-Omni-7B", None, "qwen2_5_omni"),
+    ("fixie-ai/ultravox-v0_5-llama-3_2-1b", None, "ultravox"),
+    ("/ckpt/my-model", "qwen2_audio", "qwen2_audio"),
+    ("/ckpt/my-model", "llama", "generic"),
+])
+def test_detect_family(va, name, mt, family):
+    assert va.detect_family(name, mt) == family
+
+
+def test_qwen2_audio_prompt_and_audio(va):
+    x = va.build_vllm_input(req(), "qwen2_audio")
+    assert x["prompt"] == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                           "<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+                           "Which sound? (A) dog (B) cat<|im_end|>\n<|im_start|>assistant\n")
+    (a, sr), = x["multi_modal_data"]["audio"]
+    assert sr == 16000 and a.dtype == np.float32 and a.shape == (8000,)  # 0.5 s at 8 kHz -> 16 kHz
+    assert np.abs(a).max() > 0.05  # the actual samples, not silence
+
+
+def test_qwen2_audio_two_clips_numbered(va):
+    x = va.build_vllm_input(req(n_audio=2), "qwen2_audio", max_audio=2)
+    assert "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nAudio 2: <|audio_bos|>" in x["prompt"]
+    amps = [float(np.abs(a).max()) for a, _ in x["multi_modal_data"]["audio"]]
+    assert amps[0] < amps[1]  # in placeholder order
+
+
+def test_qwen2_5_omni_system_prompt(va):
+    x = va.build_vllm_input(req(), "qwen2_5_omni")
+    assert x["prompt"].startswith(f"<|im_start|>system\n{va.QWEN2_5_OMNI_SYSTEM}<|im_end|>\n")
+    assert "<|im_start|>user\n<|audio_bos|><|AUDIO|><|audio_eos|>\nWhich sound?" in x["prompt"]
+    y = va.build_vllm_input(req(system="Answer tersely."), "qwen2_5_omni")
+    assert y["prompt"].startswith("<|im_start|>system\nAnswer tersely.<|im_end|>\n")
+    assert va.QWEN2_5_OMNI_SYSTEM not in y["prompt"]
+
+
+def test_ultravox_uses_chat_template(va):
+    seen = []
+
+    def template(msgs):
+        seen.append(msgs)
+        return "T:" + msgs[-1]["content"]
+
+    x = va.build_vllm_input(req(), "ultravox", chat_template=template)
+    assert seen[0] == [{"role": "user", "content": "<|audio|>\nWhich sound? (A) dog (B) cat"}]
+    assert x["prompt"] == "T:<|audio|>\nWhich sound? (A) dog (B) cat"
+    with pytest.raises(va.VLLMRequestError, match="chat template"):
+        va.build_vllm_input(req(), "ultravox")
+
+
+def test_generic_needs_placeholder_for_audio(va):
+    t = lambda msgs: "|".join(m["content"] for m in msgs)
+    with pytest.raises(va.VLLMRequestError, match="audio_placeholder"):
+        va.build_vllm_input(req(), "generic", chat_template=t)
+    x = va.build_vllm_input(req(), "generic", chat_template=t, audio_placeholder="<audio>")
+    assert x["prompt"] == "<audio>\nWhich sound? (A) dog (B) cat"
+    y = va.build_vllm_input(req(n_audio=0), "generic", chat_template=t)  # text only: no mm data
+    assert y == {"prompt": "Which sound? (A) dog (B) cat"}
+
+
+def test_too_many_audios_is_request_error(va):
+    with pytest.raises(va.VLLMRequestError, match="limit_mm_per_prompt"):
+        va.build_vllm_input(req(n_audio=2), "qwen2_audio", max_audio=1)
+
+
+def test_sampling_and_engine_kwargs(va):
+    g = va.sampling_kwargs(GenerationConfig(max_new_tokens=7, temperature=0.0, seed=3))
+    assert g == {"max_tokens": 7, "n": 1, "temperature": 0.0, "top_p": 1.0, "top_k": -1, "seed": 3}
+    s = va.sampling_kwargs(GenerationConfig(temperature=0.7, top_p=0.9, seed=None))
+    assert s["temperature"] == 0.7 and s["top_p"] == 0.9 and "seed" not in s
+    c = va.VLLMConfig(model="m", tensor_parallel_size=4, distributed_executor_backend="ray",
+                      max_model_len=4096, engine_args={"max_num_seqs": 32})
+    kw = va.engine_kwargs(c)
+    assert kw["tensor_parallel_size"] == 4 and kw["distributed_executor_backend"] == "ray"
+    assert kw["max_model_len"] == 4096 and kw["max_num_seqs"] == 32 and kw["trust_remote_code"] is False
+    assert kw["limit_mm_per_prompt"] == {"audio": 1} and "revision" not in kw
+
+
+# ---- execution against the fake vllm ----------------------------------------------------------
+def test_generate_whole_batch_audio_reaches_engine(fake_vllm, va):
+    m = va.VLLMAudio(va.VLLMConfig(model="Qwen/Qwen2-Audio-7B-Instruct"))
+    assert m.preferred_batch_size >= 100000
+    reqs = [req(f"s{i}") for i in range(5)] + [req("two", n_audio=2)]
+    out = m.generate(reqs)
+    llm = sys.modules["vllm"].LLM.instances[-1]
+    assert llm.calls == [5]  # one engine call for the batch; the 2-audio request refused up front
+    assert [r.key for r in out] == [r.key for r in reqs]
+    for r in out[:5]:
+        assert r.error is None and r.text.startswith("audio=[8000@16000:0.10]") and "temp=0.0" in r.text
+        assert r.extra["completion_tokens"] == 3
+    assert "limit_mm_per_prompt" in out[5].error
+    assert m.info()["family"] == "qwen2_audio"
+    m.close()
+
+
+def test_failing_prompt_isolated(fake_vllm, va):
+    m = va.VLLMAudio(va.VLLMConfig(model="Qwen/Qwen2-Audio-7B-Instruct"))
+    out = m.generate([req("a"), req("b", text="BOOM"), req("c")])
+    assert out[0].error is None and out[2].error is None
+    assert "max_model_len" in out[1].error
+
+
+def test_model_type_picks_family(fake_vllm, va, monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_MODEL_TYPE", "ultravox")
+    m = va.VLLMAudio(va.VLLMConfig(model="/ckpt/custom"))
+    out = m.generate([req()])
+    assert "prompt=<user><|audio|>\nWhich sound?" in out[0].text
+
+
+def test_data_parallel_processes(fake_vllm, va, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    m = va.VLLMAudio(va.VLLMConfig(model="Qwen/Qwen2-Audio-7B-Instruct", data_parallel_size=2,
+                                   tensor_parallel_size=2))
+    try:
+        out = m.generate([req(f"s{i}") for i in range(6)])
+    finally:
+        m.close()
+    assert all(r.error is None for r in out)
+    devs = [r.text.split("dev=")[1].split()[0] for r in out]
+    assert devs == ["0,1", "2,3"] * 3  # round-robin over two engines with two GPUs each
+    assert len({r.text.split("pid=")[1].split()[0] for r in out}) == 2
