@@ -1,6 +1,6 @@
 """Model-busy fraction over a run: how much of the wall time the model spends inside `generate`.
 
-An audio MCQ task over real WAV files (64 clips of 10 s at 44.1 kHz, resampled to 16 kHz by the
+An audio MCQ task over real WAV files (256 clips of 10 s at 44.1 kHz, resampled to 16 kHz by the
 runner's prefetch thread) and a model that takes 50 ms per batch (time.sleep, so the GIL is
 free, as for a GPU model). busy = time inside generate / run wall time (run_task end to end,
 data loading included). Target >= 0.9. Prints one line per batch size.
@@ -57,7 +57,7 @@ class Sleepy(Model):
         return [Response(r.key, text="The answer is (A).") for r in requests]
 
 
-def main(n_clips: int = 64) -> None:
+def main(n_clips: int = 256) -> None:
     import soundfile as sf
 
     registry.BUILTIN_TASKS["bench-busy-mcq"] = f"{__name__}:BusyTask"
@@ -90,9 +90,9 @@ def main(n_clips: int = 64) -> None:
             print(f"busy: batch {bs:2d}: {n_clips} clips x 10 s @ 44.1 kHz -> 16 kHz, 50 ms/batch: "
                   f"model {Sleepy.inside:.2f} s / wall {wall:.2f} s = {busy:.3f} (target >= 0.9); "
                   f"runner wall_s {res.run['timings']['sessions'][-1]['wall_s']:.2f}, "
-                  f"load_s {res.run['timings']['sessions'][-1]['load_s']:.3f}; bound with one prefetch thread "
+                  f"load_s {res.run['timings']['sessions'][-1]['load_s']:.3f}; bound with serial decode "
                   f"~ min(1, 50 ms / {bs} x {decode_ms:.1f} ms) = {min(1.0, 50 / (bs * decode_ms)):.2f}")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 64)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 256)

@@ -6,6 +6,7 @@ import json
 import platform
 import subprocess
 import sys
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ KEY_PACKAGES = ("numpy", "scipy", "soundfile", "soxr", "pydantic", "torch", "tra
                 "ctranslate2")
 
 
+@lru_cache(maxsize=1)
 def package_versions() -> dict[str, str]:
     """Installed versions from package metadata (nothing is imported)."""
     out = {}
@@ -26,6 +28,7 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+@lru_cache(maxsize=1)
 def git_commit() -> dict[str, Any]:
     here = Path(__file__).resolve().parent
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -160,20 +161,20 @@ def base_record(p: Presentation, req: Request | None) -> dict[str, Any]:
     }
 
 
-def _prepare(task, batch: list[Presentation], spec: RunSpec, model) -> list[tuple[Presentation, Request | None, str | None]]:
-    """Build requests and decode their audio (runs in the prefetch thread)."""
-    out = []
-    decode = getattr(model, "needs_audio", True) and not spec.no_audio
-    for p in batch:
-        try:
-            req = build_request(task, p, spec)
-            if decode:
-                for a in req.audio():
-                    a.load(model.sample_rate)
-            out.append((p, req, None))
-        except Exception as e:  # a sample-level failure becomes an error record
-            out.append((p, None, f"{type(e).__name__}: {e}"))
-    return out
+PREFETCH_BATCHES = 2  # batches prepared ahead of the model
+
+
+def _prepare(task, p: Presentation, spec: RunSpec, model, decode: bool) -> tuple[Presentation, Request | None, str | None]:
+    """Build one request and decode its audio (runs in the prefetch pool; soundfile
+    and soxr release the GIL, so clips decode in parallel with the model)."""
+    try:
+        req = build_request(task, p, spec)
+        if decode:
+            for a in req.audio():
+                a.load(model.sample_rate)
+        return (p, req, None)
+    except Exception as e:  # a sample-level failure becomes an error record
+        return (p, None, f"{type(e).__name__}: {e}")
 
 
 def _generate(model, reqs: list[Request]) -> list[Response]:
@@ -220,12 +221,16 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
                 check_pairing(model, task, spec)
                 bs = spec.batch_size or getattr(model, "preferred_batch_size", None) or model.default_batch_size
                 batches = [pending[i:i + bs] for i in range(0, len(pending), bs)]
-                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evalkit-prefetch") as pool:
-                    nxt: Future = pool.submit(_prepare, task, batches[0], spec, model)
+                decode = getattr(model, "needs_audio", True) and not spec.no_audio
+                pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="evalkit-prep")
+                submit = lambda b: [pool.submit(_prepare, task, p, spec, model, decode) for p in b]
+                ahead: deque[list[Future]] = deque(submit(b) for b in batches[:PREFETCH_BATCHES])
+                try:
                     for bi in range(len(batches)):
-                        prepared = nxt.result()
-                        if bi + 1 < len(batches):
-                            nxt = pool.submit(_prepare, task, batches[bi + 1], spec, model)
+                        futures = ahead.popleft()
+                        if bi + PREFETCH_BATCHES < len(batches):
+                            ahead.append(submit(batches[bi + PREFETCH_BATCHES]))
+                        prepared = [f.result() for f in futures]
                         reqs = [req for _, req, err in prepared if err is None]
                         t0 = time.perf_counter()
                         responses = {r.key: r for r in _generate(model, reqs)}
@@ -249,6 +254,8 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
                                     a.release()
                         store.append(finished)
                         progress.advance(len(prepared), errors)
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
             status = "complete"
         finally:
             progress.stop()

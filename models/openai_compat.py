@@ -40,8 +40,10 @@ from evalkit.types import Request, Response
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 _MAX_ERROR_CHARS = 500
-#: preferred_batch_size = BATCHES_PER_SLOT * concurrency
-BATCHES_PER_SLOT = 4
+#: preferred_batch_size = BATCHES_PER_SLOT * concurrency: the runner hands over this many
+#: requests at once, so the slowest request of a batch rarely leaves slots idle (records are
+#: still flushed per batch, every few seconds at typical latencies)
+BATCHES_PER_SLOT = 16
 
 
 def _default_base_url() -> str:

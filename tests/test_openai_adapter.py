@@ -22,6 +22,7 @@ from fake_openai_server import (  # noqa: E402
 )
 
 from evalkit.models.openai_compat import (  # noqa: E402
+    BATCHES_PER_SLOT,
     OpenAICompatible,
     OpenAIConfig,
     clean_url,
@@ -144,7 +145,7 @@ def test_keys_and_order_preserved_across_batches(fake_server, make_adapter):
 def test_concurrency_limit_respected(make_adapter, concurrency):
     with FakeOpenAIServer(latency_s=0.05) as srv:
         m = make_adapter(srv, concurrency=concurrency)
-        assert m.preferred_batch_size == 4 * concurrency
+        assert m.preferred_batch_size == BATCHES_PER_SLOT * concurrency
         out = m.generate([text_request(f"k{i}") for i in range(12)])
         assert all(r.error is None for r in out)
         assert srv.count == 12
