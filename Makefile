@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo check-demo bench lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,6 +17,14 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Offline main job: Whisper tiny.en on the SYNTHETIC SSEU set at every SNR (results/demo/)
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/evalkit demo --out results/demo
+
+# Regression gate: the demo run must not be worse than the committed baseline
+check-demo: demo
+	$(VENV)/bin/evalkit check results/demo/runs/* --baseline results/baselines/sseu-synth-whisper-tiny
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
