@@ -17,66 +17,33 @@ openai SDK are imported lazily, on the first miss.
 from __future__ import annotations
 
 import os
-import sqlite3
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
+from evalkit.cache import KVCache, cache_dir
+
 DEFAULT_EMBEDDER = "minilm"
-_CHUNK = 500  # sqlite variables per IN (...) query
 
 
 class EmbedderError(RuntimeError):
     """An embedder that cannot be built or called; the message says what to supply."""
 
 
-def cache_dir() -> Path:
-    env = os.environ.get("EVALKIT_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "evalkit"
-
-
-class EmbeddingCache:
-    """Persistent (embedder id, text) -> float32 vector store in sqlite."""
+class EmbeddingCache(KVCache):
+    """Persistent (embedder id, text) -> float32 vector store (evalkit.cache)."""
 
     def __init__(self, path: str | os.PathLike | None = None):
-        self.path = Path(path) if path else cache_dir() / "embeddings.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS emb (embedder TEXT NOT NULL, text TEXT NOT NULL, "
-                "dim INTEGER NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (embedder, text))")
-            self._conn.commit()
+        super().__init__(Path(path) if path else cache_dir() / "embeddings.sqlite")
 
     def get_many(self, embedder: str, texts: Sequence[str]) -> dict[str, Any]:
         import numpy as np
 
-        out: dict[str, Any] = {}
-        uniq = list(dict.fromkeys(texts))
-        with self._lock:
-            for i in range(0, len(uniq), _CHUNK):
-                chunk = uniq[i:i + _CHUNK]
-                q = ",".join("?" * len(chunk))
-                rows = self._conn.execute(
-                    f"SELECT text, dim, vec FROM emb WHERE embedder = ? AND text IN ({q})", [embedder, *chunk])
-                for text, dim, vec in rows:
-                    out[text] = np.frombuffer(vec, dtype=np.float32, count=dim)
-        return out
+        return {t: np.frombuffer(v, dtype=np.float32) for t, v in super().get_many(embedder, texts).items()}
 
     def put_many(self, embedder: str, items: dict[str, Any]) -> None:
         import numpy as np
 
-        rows = [(embedder, t, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes())
-                for t, v in items.items()]
-        with self._lock:
-            self._conn.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?, ?, ?)", rows)
-            self._conn.commit()
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        super().put_many(embedder, {t: np.ascontiguousarray(v, dtype=np.float32).tobytes() for t, v in items.items()})
 
 
 class Embedder:

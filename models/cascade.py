@@ -45,8 +45,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +53,7 @@ from typing import Any, ClassVar
 from evalkit.models.base import AdapterConfig, Model
 from pydantic import Field, field_validator
 
+from evalkit.cache import KVCache, cache_dir
 from evalkit.types import AudioRef, GenerationConfig, Request, Response
 
 CAPTION_PROMPT = ("Describe the audio in detail: the sound sources, acoustic properties, temporal structure, "
@@ -121,48 +120,22 @@ class CascadeConfig(AdapterConfig):
 
 
 def default_cache_path() -> Path:
-    env = os.environ.get("EVALKIT_CACHE_DIR")
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "evalkit") / "captions.sqlite"
+    return cache_dir() / "captions.sqlite"
 
 
-class CaptionCache:
-    """Persistent (audio sha256, captioner id) -> caption store in sqlite (WAL; safe across processes)."""
+class CaptionCache(KVCache):
+    """Persistent (captioner id, audio sha256) -> caption store (evalkit.cache)."""
 
     def __init__(self, path: str | os.PathLike | None = None):
-        self.path = Path(path) if path else default_cache_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS captions (audio_sha256 TEXT NOT NULL, captioner TEXT NOT NULL, "
-                "caption TEXT NOT NULL, identity TEXT, created TEXT, PRIMARY KEY (audio_sha256, captioner))")
-            self._conn.commit()
+        super().__init__(Path(path) if path else default_cache_path())
 
     def get_many(self, captioner: str, shas: list[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        uniq = list(dict.fromkeys(shas))
-        with self._lock:
-            for i in range(0, len(uniq), 500):
-                chunk = uniq[i:i + 500]
-                q = ",".join("?" * len(chunk))
-                for sha, cap in self._conn.execute(
-                        f"SELECT audio_sha256, caption FROM captions WHERE captioner = ? AND audio_sha256 IN ({q})",
-                        [captioner, *chunk]):
-                    out[sha] = cap
-        return out
+        return {sha: json.loads(v)["caption"] for sha, v in super().get_many(captioner, shas).items()}
 
     def put_many(self, captioner: str, identity: str, items: dict[str, str]) -> None:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with self._lock:
-            self._conn.executemany("INSERT OR REPLACE INTO captions VALUES (?, ?, ?, ?, ?)",
-                                   [(sha, captioner, cap, identity, now) for sha, cap in items.items()])
-            self._conn.commit()
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        super().put_many(captioner, {sha: json.dumps({"caption": cap, "identity": identity, "created": now}).encode()
+                                     for sha, cap in items.items()})
 
 
 class CaptionsFile:
