@@ -120,7 +120,7 @@ class ModelHolder:
 
 def _identity_options(task) -> dict[str, Any]:
     # data location is not identity: the data hash is
-    return {k: v for k, v in task.options.model_dump().items() if k not in ("data", "audio_root")}
+    return {k: v for k, v in task.options.model_dump(mode="json").items() if k not in ("data", "audio_root")}
 
 
 def compute_run_id(model_identity: dict, task, data_hash: str, spec: RunSpec) -> str:
@@ -311,7 +311,7 @@ def build_run_record(spec: RunSpec, task, data, holder: ModelHolder, run_id: str
         "updated": now,
         "evalkit": {"version": __version__, **git_commit()},
         "environment": environment(),
-        "task": {"name": task.name, "version": task.version, "options": task.options.model_dump(),
+        "task": {"name": task.name, "version": task.version, "options": task.options.model_dump(mode="json"),
                  "source": data.source, "data_hash": data.data_hash, "warnings": data.warnings,
                  "main_metric": task.main_metric, "modality": task.modality},
         "model": {**holder.identity(), "info": model_info},

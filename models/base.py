@@ -53,13 +53,14 @@ class Model:
 
 
 def redact_args(config: BaseModel) -> dict[str, Any]:
-    """Adapter args as logged: SecretStr values and key-like names are masked."""
+    """Adapter args as logged (JSON-safe): SecretStr values and key-like names are masked."""
+    secret = {name for name, value in config if isinstance(value, SecretStr)}
     out: dict[str, Any] = {}
-    for name, value in config:
-        if isinstance(value, SecretStr) or any(s in name.lower() for s in ("key", "token", "secret", "password")):
+    for name, value in config.model_dump(mode="json").items():
+        if name in secret or any(s in name.lower() for s in ("key", "token", "secret", "password")):
             out[name] = "***" if value else None
-        elif isinstance(value, BaseModel):
-            out[name] = redact_args(value)
+        elif isinstance(getattr(config, name), BaseModel):
+            out[name] = redact_args(getattr(config, name))
         else:
             out[name] = value
     return out
