@@ -7,7 +7,6 @@ the interval is honest about correlated questions.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from evalkit.metrics import MetricSpec, aggregate_scores
 from evalkit.protocol.choices import LETTERS
-from evalkit.protocol.extract import FAILURE_STAGES, extract_choice, is_correct
+from evalkit.protocol.extract import FAILURE_STAGES, extract_choice
 from evalkit.types import Presentation, Sample
 
 

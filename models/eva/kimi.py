@@ -18,7 +18,6 @@ produces the discrete semantic ids. Pass precomputed ids (a `semantic_fn` or the
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
