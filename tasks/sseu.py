@@ -198,7 +198,8 @@ class SSEUTask(Task):
             return empty, "error"
         out = record.get("output")
         if out is None or not str(out).strip():
-            return empty, "empty"
+            # an empty transcript is a valid ASR answer (the right one for background-only clips)
+            return empty, ("text" if self.mode == "asr" else "empty")
         text = str(out).strip()
         if self.mode == "asr":
             return {**empty, "transcript": re.sub(r"^\s*(?:transcript(?:ion)?)\s*[:：]\s*", "", text, flags=re.I)}, \
