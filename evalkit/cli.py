@@ -82,22 +82,28 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def results_table(results) -> Table:
-    t = Table(title="results")
-    for col in ("task", "model", "metric", "value", "95% CI", "n", "errors", "extraction fail", "status"):
-        t.add_column(col)
+    """One block per run: the main metric first, then the others; counts in the caption."""
+    fmt = lambda v: "" if v is None else f"{v:.2f}"
+    t = Table(title="results", show_lines=False)
+    for col in ("task / model", "metric", "value", "95% CI", "n"):
+        t.add_column(col, no_wrap=col != "task / model")
     for r in results:
         run = r.run
         main = run["task"]["main_metric"]
-        metric_names = [main] + [m for m in run["metrics"] if m != main]
-        for i, name in enumerate(metric_names):
+        names = [main] + [m for m in run["metrics"] if m != main]
+        c = run["counts"]
+        synthetic = " [yellow](synthetic data)[/yellow]" if run["task"]["source"].get("synthetic") else ""
+        label = [f"[bold]{run['task']['name']}[/bold]{synthetic}", run["model"]["name"],
+                 f"[dim]{run['status']}, {c['errors']} errors, {c['extraction_failures']} extraction failures[/dim]"]
+        for i, name in enumerate(names):
             m = run["metrics"][name]
             ci = m.get("ci") or [None, None]
-            fmt = lambda v: "" if v is None else f"{v:.2f}"
-            t.add_row(run["task"]["name"] if i == 0 else "", run["model"]["name"] if i == 0 else "", name,
-                      fmt(m.get("value")), f"[{fmt(ci[0])}, {fmt(ci[1])}]", str(m.get("n", "")),
-                      str(run["counts"]["errors"]) if i == 0 else "",
-                      str(run["counts"]["extraction_failures"]) if i == 0 else "",
-                      run["status"] if i == 0 else "")
+            last = i == len(names) - 1 and len(names) >= len(label)
+            t.add_row(label[i] if i < len(label) else "", name, fmt(m.get("value")),
+                      f"[{fmt(ci[0])}, {fmt(ci[1])}]", str(m.get("n", "")), end_section=last)
+        extras = label[len(names):]
+        for j, extra in enumerate(extras):
+            t.add_row(extra, "", "", "", "", end_section=j == len(extras) - 1)
     return t
 
 
