@@ -128,7 +128,7 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Evaluate a model on one or more tasks. Running the same command again resumes the run."""
-    from evalkit.runner import ModelHolder, RunConfigError, RunSpec, parse_shard, run_task
+    from evalkit.runner import ModelFailure, ModelHolder, RunConfigError, RunSpec, parse_shard, run_task
     from evalkit.types import GenerationConfig
 
     if choices not in ("balanced", "original", "circular"):
@@ -162,6 +162,9 @@ def run(
                 console.print(f"[yellow]... {len(result.run['task']['warnings']) - 5} more in run.json[/yellow]")
     except typer.Exit:
         raise
+    except ModelFailure as e:
+        fail(f"the model failed: {e}\nEvery sample finished before this is saved; fix the cause and run the "
+             "same command again to resume.")
     except (RunConfigError, ValueError, FileNotFoundError, RuntimeError, KeyError, NotImplementedError) as e:
         fail(str(e))
     finally:

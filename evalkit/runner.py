@@ -177,7 +177,15 @@ def _prepare(task, p: Presentation, spec: RunSpec, model, decode: bool) -> tuple
         return (p, None, f"{type(e).__name__}: {e}")
 
 
+class ModelFailure(RuntimeError):
+    """The adapter raised instead of returning error responses: the run stops (resumable)."""
+
+
 def _generate(model, reqs: list[Request]) -> list[Response]:
+    """Per-request failures come back as error responses and become error records. An
+    exception means the model itself is broken (weights missing, CUDA OOM, server down):
+    the run stops with everything finished so far saved, instead of filling the log with
+    error records that a resume would not retry."""
     if not reqs:
         return []
     try:
@@ -185,7 +193,7 @@ def _generate(model, reqs: list[Request]) -> list[Response]:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:
-        return [Response(key=r.key, error=f"{type(e).__name__}: {e}") for r in reqs]
+        raise ModelFailure(f"{type(e).__name__}: {e}") from e
     by_key = {r.key: r for r in responses}
     return [by_key.get(r.key) or Response(key=r.key, error="adapter returned no response for this request")
             for r in reqs]

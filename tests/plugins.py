@@ -46,6 +46,7 @@ class ScriptedConfig(AdapterConfig):
     require_audio: bool = True
     wrong: bool = False  # answer the first non-gold option
     concurrency: int = 1
+    raise_on: str | None = None  # raise (a broken model) when this key is asked
 
 
 class Scripted(Model):
@@ -53,7 +54,7 @@ class Scripted(Model):
     description = "test adapter"
     capabilities = frozenset({"audio", "text"})
     Config = ScriptedConfig
-    volatile_args = frozenset({"delay_s", "calls_log", "concurrency"})
+    volatile_args = frozenset({"delay_s", "calls_log", "concurrency", "raise_on"})
     default_batch_size = 4
 
     def __init__(self, config):
@@ -63,6 +64,8 @@ class Scripted(Model):
     def generate(self, requests: list[Request]) -> list[Response]:
         out = []
         for r in requests:
+            if r.key == self.config.raise_on:
+                raise RuntimeError("CUDA out of memory (simulated)")
             if self.config.calls_log:
                 with open(self.config.calls_log, "a") as f:
                     f.write(r.key + "\n")

@@ -97,9 +97,8 @@ def test_import_does_not_load_torch():
 
 
 def test_no_checkpoint_error_message():
-    model = EvA.from_args({})
-    with pytest.raises(EvAWeightsError) as e:
-        model.generate([request("a", AudioRef(array=wave(0.5, 0), sample_rate=16000))])
+    with pytest.raises(EvAWeightsError) as e:  # at construction: before any sample runs
+        EvA.from_args({})
     msg = str(e.value)
     assert "not published upstream" in msg and "-M checkpoint=PATH" in msg
     assert "-M kimi_path=" in msg and "-M ced_path=" in msg

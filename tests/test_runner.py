@@ -97,6 +97,20 @@ def test_dropped_audio_fails(toy):
     assert res.run["counts"]["errors"] == 24
 
 
+def test_model_exception_stops_run_resumably(toy):
+    from evalkit.runner import ModelFailure
+
+    with pytest.raises(ModelFailure, match="out of memory"):
+        run_task(spec(toy, batch_size=4, model_args={"raise_on": "s9"}))
+    run_dir = next((toy / "runs").iterdir())
+    saved = read_records(run_dir / "samples.jsonl")
+    assert [r["key"] for r in saved] == [f"s{i}" for i in range(8)]  # batches before the failure
+    assert not any(r["error"] for r in saved)  # no bogus error records
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "incomplete"
+    res = run_task(spec(toy, batch_size=4))
+    assert res.calls == 16 and res.run["counts"]["records"] == 24 and res.run["status"] == "complete"
+
+
 def test_text_only_model_refused_on_audio_task(toy, monkeypatch):
     import plugins
 

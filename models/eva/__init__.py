@@ -67,6 +67,7 @@ class EvA(Model):
         self._decode = None
         self._semantic = None
         self._clips: OrderedDict[str, Any] = OrderedDict()
+        self._check_config()  # fail before any sample is processed (paths are checked at load)
 
     # ------------------------------------------------------------------ loading
     def _resolved(self) -> tuple[str, str]:
@@ -77,7 +78,7 @@ class EvA(Model):
         dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
         return device, dtype
 
-    def _check_paths(self) -> None:
+    def _check_config(self) -> None:
         c = self.config
         if c.backbone == "qwen2.5-omni":
             raise NotImplementedError(
@@ -85,6 +86,10 @@ class EvA(Model):
                 "to the Thinker's audio embeddings); use backbone=kimi")
         if not c.checkpoint:
             raise EvAWeightsError(NO_CHECKPOINT)
+
+    def _check_paths(self) -> None:
+        self._check_config()
+        c = self.config
         missing = [f"-M {k}=..." for k in ("kimi_path", "ced_path") if not getattr(c, k)]
         if missing:
             raise EvAWeightsError(f"EvA needs local snapshots: {', '.join(missing)}. " + NO_CHECKPOINT)
