@@ -49,6 +49,7 @@ class EvAConfig(AdapterConfig):
     max_batch: int = 8
     semantic_codes: str | None = None
     cache_clips: int = 256
+    trust_remote_code: bool = False  # Kimi-Audio's text tokenizer is custom code in its snapshot
 
 
 class EvA(Model):
@@ -107,7 +108,8 @@ class EvA(Model):
 
         device, dtype = self._resolved()
         model, tok = load_kimi_eva(self.config.kimi_path, self.config.ced_path, self.config.checkpoint, device,
-                                   getattr(torch, dtype), self.config.attn_implementation)
+                                   getattr(torch, dtype), self.config.attn_implementation,
+                                   trust_remote_code=self.config.trust_remote_code)
         self.attach(model, encode_text_fn(tok), lambda ids: tok.decode(ids))
         return self._model
 

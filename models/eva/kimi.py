@@ -417,9 +417,15 @@ def qwen2_config_from_kimi(path: Path, attn_implementation: str = "sdpa"):
 
 
 def load_kimi_eva(kimi_path: str, ced_path: str, checkpoint: str, device: str, dtype: torch.dtype,
-                  attn_implementation: str = "sdpa") -> tuple[KimiEvA, Any]:
+                  attn_implementation: str = "sdpa", trust_remote_code: bool = False) -> tuple[KimiEvA, Any]:
     """Real weights: a local Kimi-Audio-7B-Instruct snapshot (LLM, vq_adaptor, whisper-large-v3/),
-    a CED-Base snapshot and the EvA fusion checkpoint. Returns (model, text tokenizer)."""
+    a CED-Base snapshot and the EvA fusion checkpoint. Returns (model, text tokenizer).
+    Kimi's text tokenizer is a tiktoken class shipped as code in the snapshot, so loading it
+    needs the user's explicit `-M trust_remote_code=true` (the model itself is stock transformers)."""
+    if not trust_remote_code:
+        raise PermissionError(
+            f"Kimi-Audio's text tokenizer in {kimi_path} is custom code (tokenization_kimia.py); evalkit runs "
+            "snapshot code only when asked: pass -M trust_remote_code=true after reviewing it")
     from safetensors import safe_open
     from transformers import AutoTokenizer, Qwen2ForCausalLM, WhisperModel
 
@@ -460,7 +466,7 @@ def load_kimi_eva(kimi_path: str, ced_path: str, checkpoint: str, device: str, d
     proc = CEDProcessor(cfg.hidden_size)
     load_processor_weights(proc, checkpoint)
     proc = proc.to(device).eval()  # CED branch kept in fp32 (alpha is fp32 by construction)
-    tok = AutoTokenizer.from_pretrained(str(root), trust_remote_code=True)  # Kimi's tiktoken tokenizer class
+    tok = AutoTokenizer.from_pretrained(str(root), trust_remote_code=True)  # the user allowed it (checked above)
     model = KimiEvA(llm, front, ced, proc, vq.to(device, dtype).eval(), KimiTokens.from_tokenizer(tok))
     return model, tok
 
