@@ -82,6 +82,7 @@ PRESETS: dict[str, Preset] = {
         hub_id="Qwen/Qwen2.5-Omni-7B", model_class="Qwen2_5OmniThinkerForConditionalGeneration",
         min_transformers="4.52.0", audio_kwarg="audio", samples_by_default=True,
         extra_generate_kwargs=(("use_audio_in_video", False),),
+        extra_requirements="torchvision",  # Qwen2_5OmniProcessor always builds its video processor
         notes="thinker only (text output, no talker / audio output); weights load from the full checkpoint"),
     "audio-flamingo-3": Preset(
         hub_id="nvidia/audio-flamingo-3-hf", model_class="AudioFlamingo3ForConditionalGeneration",
@@ -243,7 +244,9 @@ class HFAudioLM(Model):
         else:
             texts = [proc.apply_chat_template(cv, add_generation_prompt=True, tokenize=False) for cv in convs]
             flat = [a for per in audios for a in per]
-            kw: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
+            # pad the texts only: a top-level `padding=True` also reaches the feature extractor, which then
+            # pads audio to the longest clip instead of the 30 s window Whisper-style encoders need (AF3)
+            kw: dict[str, Any] = {"text": texts, "return_tensors": "pt", "text_kwargs": {"padding": True}}
             if flat:
                 kw[self.audio_kwarg] = flat
                 kw["sampling_rate"] = self.processor_sample_rate
