@@ -125,6 +125,7 @@ def _identity_options(task) -> dict[str, Any]:
 
 def compute_run_id(model_identity: dict, task, data_hash: str, spec: RunSpec) -> str:
     return stable_hash({
+        "evalkit": __version__,  # a release may change prompts or adapters: resume within one release only
         "model": model_identity,
         "task": {"name": task.name, "version": task.version, "options": _identity_options(task), "data": data_hash},
         "protocol": {"choices": spec.choices if task.is_mcq else None, "seed": spec.seed, "no_audio": spec.no_audio},

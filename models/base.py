@@ -52,6 +52,15 @@ class Model:
         pass
 
 
+def single_audio(request: Request):
+    """The one audio clip of a request, for adapters without the "multi_audio" capability:
+    a second clip is refused rather than silently dropped."""
+    parts = request.audio()
+    if len(parts) != 1:
+        raise ValueError(f"this adapter takes exactly one audio clip per request; got {len(parts)}")
+    return parts[0]
+
+
 def redact_args(config: BaseModel) -> dict[str, Any]:
     """Adapter args as logged (JSON-safe): SecretStr values and key-like names are masked."""
     secret = {name for name, value in config if isinstance(value, SecretStr)}

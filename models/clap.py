@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from evalkit.models.base import AdapterConfig, Model
+from evalkit.models.base import AdapterConfig, Model, single_audio
 from evalkit.types import Request, Response
 
 CLAP_MODEL = "laion/clap-htsat-unfused"
@@ -190,10 +190,7 @@ class CLAP(Model):
                 if not labels:
                     raise ValueError("no candidate labels in the prompt: CLAP needs option lines '(A) label' "
                                      "or bullet lines '- label'")
-                parts = r.audio()
-                if not parts:
-                    raise ValueError("request has no audio part")
-                x, _ = parts[0].load(self.sample_rate)
+                x, _ = single_audio(r).load(self.sample_rate)
                 mode = self._mode(text, letters)
                 cos = (self._text_embeds(labels) @ self._audio_embed(x)).double()
                 if mode == "tagging":

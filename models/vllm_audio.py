@@ -280,9 +280,9 @@ class LocalEngine:
         try:
             outs = self.llm.generate(inputs, sp, use_tqdm=False)
             return [_output_result(o) for o in outs]
-        except Exception:
-            if len(inputs) == 1:
-                raise
+        except Exception as e:
+            if len(inputs) == 1:  # nothing to isolate: this request is the one the engine rejected
+                return [{"error": f"{type(e).__name__}: {str(e)[:500]}"}]
         results = []  # isolate the failing request(s)
         for x, p in zip(inputs, sp):
             try:
@@ -414,6 +414,9 @@ class VLLMAudio(Model):
     def __init__(self, config: VLLMConfig):
         super().__init__(config)
         require_vllm()
+        if int((config.limit_mm_per_prompt or {}).get("audio", 1)) < 2:
+            # one clip per prompt (vLLM's default limit): declare it, so the runner refuses multi-clip tasks
+            self.capabilities = frozenset({"audio", "text"})
         #: the runner hands the whole task over in one call; vLLM's scheduler batches it
         self.preferred_batch_size = 100000
         self._engine: LocalEngine | DataParallelEngine | None = None

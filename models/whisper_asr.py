@@ -19,22 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evalkit.models.base import AdapterConfig, Model
+from evalkit.models.base import AdapterConfig, Model, single_audio
 from evalkit.types import Request, Response
 
 BUNDLED_SIZE = "tiny.en"
 
 
-def _temperatures(t: float) -> tuple[float, ...]:
-    """Whisper's fallback schedule starting at the requested temperature."""
-    return tuple(round(x, 1) for x in (t + 0.2 * i for i in range(6)) if x <= 1.0 + 1e-9) or (t,)
-
-
-def _request_seed(r) -> int:
-    import hashlib
-
-    base = r.generation.seed or 0
-    return (base * 1_000_003 + int(hashlib.sha256(r.key.encode()).hexdigest()[:8], 16)) % (2**31)
+#: speech rarely exceeds ~4 words (about 6 tokens) per second; twice that bounds a hallucination loop
+MAX_TOKENS_PER_S = 12
 
 
 class WhisperConfig(AdapterConfig):
@@ -125,8 +117,6 @@ class WhisperASR(Model):
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: list[Request]) -> list[Response]:
-        import ctranslate2
-
         model = self._load()
         language = self.config.language
         if str(self._resolved).endswith(".en") or self.config.size.endswith(".en") and not self.config.path:
@@ -135,16 +125,15 @@ class WhisperASR(Model):
         for r in requests:
             t0 = time.perf_counter()
             try:
-                parts = r.audio()
-                if not parts:
-                    raise ValueError("request has no audio part")
-                x, _ = parts[0].load(16000)
-                # Whisper's standard decoding: greedy first, then the temperature fallback when the
-                # output looks degenerate (compression ratio / log-prob checks). The fallback samples,
-                # so the sampler is re-seeded per request: runs are reproducible and order-independent.
-                ctranslate2.set_random_seed(_request_seed(r))
+                x, _ = single_audio(r).load(16000)
+                # Greedy (or the requested temperature) with no sampling fallback: ctranslate2's sampler
+                # cannot be made reproducible, and an evaluation must be. A repetition loop on noise
+                # ("new new new ...") is cut by a length cap instead: MAX_TOKENS_PER_S tokens per
+                # second of audio plus a margin, far above any real speech rate.
+                cap = int(MAX_TOKENS_PER_S * len(x) / 16000) + 16
                 segments, info = model.transcribe(x, beam_size=self.config.beam_size, language=language,
-                                                  temperature=_temperatures(r.generation.temperature),
+                                                  temperature=float(r.generation.temperature),
+                                                  max_new_tokens=min(cap, r.generation.max_new_tokens),
                                                   condition_on_previous_text=False, vad_filter=False,
                                                   without_timestamps=True)
                 text = " ".join(s.text.strip() for s in segments).strip()

