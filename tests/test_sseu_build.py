@@ -479,3 +479,30 @@ def test_real_vctk_transcripts_shape_fixture(tmp_path):
     got = {it.rel.split("/")[-1].replace("_mic1.flac", ""): sb.read_transcript(it.transcript_path) for it in items}
     want = {Path(line.split("|")[0]).stem: line.split("|", 2)[2].strip() for line in lines}
     assert got == want
+
+
+def test_cli_build_then_score_ground_truth(tmp_path):
+    """`evalkit data build sseu` on the real layouts, then an sseu-asr run scored from a
+    predictions file holding the ground truth: WER 0 at every scored SNR."""
+    import subprocess
+    import sys
+
+    vctk, desed, maestro = make_tree(tmp_path / "src")
+    out = tmp_path / "built"
+    cmd = [sys.executable, "-m", "evalkit.cli", "data", "build", "sseu", "--vctk", str(vctk), "--desed", str(desed),
+           "--maestro", str(maestro), "--out", str(out), "--snr", "+inf", "--snr", "0", "--snr", "-inf", "--limit", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = _rows(out)
+    assert {row["snr"] for row in rows} == {"+inf", "0", "-inf"} and len(rows) == 6
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": row["id"], "response": row["transcript"]}) + "\n" for row in rows))
+    r = subprocess.run([sys.executable, "-m", "evalkit.cli", "run", "--model", "predictions", "-M", f"path={preds}",
+                        "--task", "sseu-asr", "-T", f"data={out}", "--output", str(tmp_path / "runs"), "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    run = json.loads(next((tmp_path / "runs").iterdir()).joinpath("run.json").read_text())
+    assert run["metrics"]["wer"]["value"] == 0.0 and run["metrics"]["wer"]["n"] == 4
+    assert run["groups"]["snr"]["-inf"]["wer"]["value"] is None  # no speech: not scored
+    bad = subprocess.run(cmd[:-4] + ["--snr", "+inf", "--snr", "+inf"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "snr" in bad.stderr.lower()
