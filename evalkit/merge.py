@@ -16,7 +16,6 @@ shards cover 1..N (or an input was unsharded).
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -77,7 +76,7 @@ def _presentations(records: list[dict[str, Any]]):
 def merge(run_dirs: list[Path], out: Path) -> Path:
     from evalkit.protocol.choices import gold_histogram
     from evalkit.registry import get_task
-    from evalkit.runner import count_records
+    from evalkit.runner import score_records
 
     run_dirs = [Path(d) for d in run_dirs]
     out = Path(out)
@@ -138,13 +137,11 @@ def merge(run_dirs: list[Path], out: Path) -> Path:
     # ---- re-score and aggregate through the task (as rescore does) ----------------------------
     first = runs[0]
     task = get_task(first["task"]["name"]).from_args(first["task"]["options"])
-    for r in order:
-        r.update(task.score(r))
-    agg = task.aggregate(order) if order else {"metrics": {}, "groups": {}, "extra": {}}
+    agg = score_records(task, order)
 
     statuses = [r.get("status") for r in runs]
     status = "complete" if all(s == "complete" for s in statuses) and complete_shards else "incomplete"
-    counts = count_records(order)
+    counts = agg["counts"]
     counts["selected_samples"] = sum(r.get("counts", {}).get("selected_samples", 0) for r in runs)
     counts["selected_calls"] = sum(r.get("counts", {}).get("selected_calls", 0) for r in runs)
     if None in shards:  # an unsharded input already selected everything
@@ -194,13 +191,7 @@ def merge(run_dirs: list[Path], out: Path) -> Path:
             raise MergeError(f"{out} already holds run {old.get('run_id')}, not {run_id}; choose another --out")
     store = RunStore(out)
     with store:
-        tmp = store.samples_path.with_name("samples.jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in order:
-                f.write(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, store.samples_path)
+        store.rewrite(order)
         store.write_run(run)
         if status == "complete":
             task.export(order, out)

@@ -6,7 +6,6 @@ and the run record; adapters only see Requests, tasks only see records.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
@@ -14,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from evalkit import __version__
 from evalkit.protocol.choices import gold_histogram, present
@@ -200,7 +199,54 @@ def _generate(model, reqs: list[Request]) -> list[Response]:
             for r in reqs]
 
 
+def _record(task, p: Presentation, req: Request | None, err: str | None, resp: Response | None) -> dict[str, Any]:
+    rec = base_record(p, req)
+    rec.update({"output": resp.text if resp else None,
+                "error": err if err is not None else resp.error,
+                "latency_s": resp.latency_s if resp else None,
+                "extra": resp.extra if resp else {}})
+    rec.update(task.score(rec))
+    return rec
+
+
+def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store: RunStore,
+                 done: dict[str, dict[str, Any]], progress: Progress) -> tuple[int, float]:
+    """Ask the model for every pending presentation, batch by batch, while a pool decodes the
+    audio of the next PREFETCH_BATCHES batches. Each batch's records are appended and flushed
+    before the next batch starts. Returns (model calls, seconds inside generate)."""
+    bs = spec.batch_size or getattr(model, "preferred_batch_size", None) or model.default_batch_size
+    batches = [pending[i:i + bs] for i in range(0, len(pending), bs)]
+    decode = getattr(model, "needs_audio", True) and not spec.no_audio
+    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="evalkit-prep")
+    submit = lambda b: [pool.submit(_prepare, task, p, spec, model, decode) for p in b]
+    ahead: deque[list[Future]] = deque(submit(b) for b in batches[:PREFETCH_BATCHES])
+    calls, model_s = 0, 0.0
+    try:
+        for bi in range(len(batches)):
+            futures = ahead.popleft()
+            if bi + PREFETCH_BATCHES < len(batches):
+                ahead.append(submit(batches[bi + PREFETCH_BATCHES]))
+            prepared = [f.result() for f in futures]
+            reqs = [req for _, req, err in prepared if err is None]
+            t0 = time.perf_counter()
+            responses = {r.key: r for r in _generate(model, reqs)}
+            model_s += time.perf_counter() - t0
+            calls += len(reqs)
+            finished = [_record(task, p, req, err, responses.get(p.key) if err is None else None)
+                        for p, req, err in prepared]
+            for (_, req, _), rec in zip(prepared, finished):
+                done[rec["key"]] = rec
+                for a in req.audio() if req is not None else ():
+                    a.release()
+            store.append(finished)
+            progress.advance(len(prepared), sum(r["error"] is not None for r in finished))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return calls, model_s
+
+
 def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progress | None = None) -> RunResult:
+    """Run one (model, task) pair to completion, resuming whatever the run directory holds."""
     progress = progress or Progress()
     holder = holder or ModelHolder(spec.model, spec.model_args)
     task = get_task(spec.task).from_args(spec.task_args)
@@ -217,56 +263,17 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
         started = time.perf_counter()
         done = store.load()
         previous = store.read_run()
-        def is_done(key: str) -> bool:
-            r = done.get(key)
-            return r is not None and not (spec.retry_errors and r.get("error") is not None)
-        pending = [p for p in selected if not is_done(p.key)]
+        retry = lambda r: spec.retry_errors and r.get("error") is not None
+        pending = [p for p in selected if p.key not in done or retry(done[p.key])]
         progress.start(task.name, len(selected), len(selected) - len(pending))
-        calls, model_s = 0, 0.0
-        status = "incomplete"
+        calls, model_s, status = 0, 0.0, "incomplete"
         try:
             if pending:
                 model = holder.model
                 check_pairing(model, task, spec)
-                bs = spec.batch_size or getattr(model, "preferred_batch_size", None) or model.default_batch_size
-                batches = [pending[i:i + bs] for i in range(0, len(pending), bs)]
-                decode = getattr(model, "needs_audio", True) and not spec.no_audio
-                pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="evalkit-prep")
-                submit = lambda b: [pool.submit(_prepare, task, p, spec, model, decode) for p in b]
-                ahead: deque[list[Future]] = deque(submit(b) for b in batches[:PREFETCH_BATCHES])
-                try:
-                    for bi in range(len(batches)):
-                        futures = ahead.popleft()
-                        if bi + PREFETCH_BATCHES < len(batches):
-                            ahead.append(submit(batches[bi + PREFETCH_BATCHES]))
-                        prepared = [f.result() for f in futures]
-                        reqs = [req for _, req, err in prepared if err is None]
-                        t0 = time.perf_counter()
-                        responses = {r.key: r for r in _generate(model, reqs)}
-                        model_s += time.perf_counter() - t0
-                        calls += len(reqs)
-                        errors = 0
-                        finished = []
-                        for p, req, err in prepared:
-                            rec = base_record(p, req)
-                            resp = responses.get(p.key) if err is None else None
-                            rec.update({"output": resp.text if resp else None,
-                                        "error": err if err is not None else resp.error,
-                                        "latency_s": resp.latency_s if resp else None,
-                                        "extra": resp.extra if resp else {}})
-                            rec.update(task.score(rec))
-                            finished.append(rec)
-                            done[p.key] = rec
-                            errors += rec["error"] is not None
-                            if req is not None:
-                                for a in req.audio():
-                                    a.release()
-                        store.append(finished)
-                        progress.advance(len(prepared), errors)
-                finally:
-                    pool.shutdown(wait=True, cancel_futures=True)
+                calls, model_s = _run_pending(task, model, spec, pending, store, done, progress)
             status = "complete"
-        finally:
+        finally:  # also on Ctrl-C or a model failure: run.json says how far the run got
             progress.stop()
             wall = time.perf_counter() - started
             if status == "complete" and spec.retry_errors:
@@ -339,6 +346,16 @@ def build_run_record(spec: RunSpec, task, data, holder: ModelHolder, run_id: str
     }
 
 
+def score_records(task, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Re-extract, re-score and aggregate records through the task (`evalkit score`, `evalkit merge`):
+    {"metrics", "groups", "extra", "counts"}."""
+    for r in records:
+        r.update(task.score(r))
+    agg = task.aggregate(records) if records else {"metrics": {}, "groups": {}, "extra": {}}
+    return {"metrics": agg["metrics"], "groups": agg["groups"], "extra": agg.get("extra", {}),
+            "counts": count_records(records)}
+
+
 def rescore(run_dir: Path) -> dict[str, Any]:
     """Re-run extraction and scoring on a run's raw outputs; no model calls."""
     store = RunStore(run_dir)
@@ -348,19 +365,10 @@ def rescore(run_dir: Path) -> dict[str, Any]:
             raise RunConfigError(f"{run_dir}: no run.json; is this a run directory?")
         task = get_task(run["task"]["name"]).from_args(run["task"]["options"])
         records = list(store.load().values())
-        for r in records:
-            r.update(task.score(r))
-        tmp = store.samples_path.with_name("samples.jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, store.samples_path)
-        agg = task.aggregate(records)
-        run.update(metrics=agg["metrics"], groups=agg["groups"], extra=agg.get("extra", {}))
-        run["counts"].update(count_records(records))
+        scored = score_records(task, records)
+        store.rewrite(records)
+        run.update(metrics=scored["metrics"], groups=scored["groups"], extra=scored["extra"])
+        run["counts"].update(scored["counts"])
         run["rescored"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         store.write_run(run)
         return run
-
-
-ProgressFactory = Callable[[], Progress]

@@ -128,26 +128,26 @@ class RunStore:
         self._out.write("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records))
         self._out.flush()
 
-    def compact(self, keep_order: list[str] | None = None) -> None:
-        """Rewrite samples.jsonl with one record per key (atomic)."""
+    def rewrite(self, records: list[dict[str, Any]]) -> None:
+        """Replace samples.jsonl with exactly these records (temp file + rename: atomic)."""
         if self._out is not None:
             self._out.close()
             self._out = None
+        tmp = self.samples_path.with_name(SAMPLES + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.samples_path)
+
+    def compact(self, keep_order: list[str] | None = None) -> None:
+        """Rewrite samples.jsonl with one record per key, in `keep_order` first."""
         records = read_records(self.samples_path)
         latest = latest_by_key(records)
         if len(latest) == len(records):
             return
-        order = keep_order or list(latest)
-        tmp = self.samples_path.with_name(SAMPLES + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for k in order:
-                if k in latest:
-                    f.write(json.dumps(latest.pop(k), ensure_ascii=False) + "\n")
-            for r in latest.values():
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.samples_path)
+        ordered = [latest.pop(k) for k in (keep_order or []) if k in latest]
+        self.rewrite(ordered + list(latest.values()))
 
     def iter_records(self) -> Iterator[dict[str, Any]]:
         yield from latest_by_key(read_records(self.samples_path)).values()
