@@ -15,24 +15,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import register
 from evalkit.models.base import AdapterConfig, Model
-from evalkit.tasks.base import LoadedData, MCQTask, hash_files
 
-from evalkit import registry
 from evalkit.runner import ModelHolder, RunSpec, run_task
-from evalkit.types import AudioRef, Response, Sample
-
-
-class BusyTask(MCQTask):
-    name = "bench-busy-mcq"
-    description = "synthetic audio MCQ over WAV files"
-
-    def load(self) -> LoadedData:
-        path = Path(self.options.data)
-        rows = json.loads(path.read_text())
-        samples = [Sample(id=r["id"], question=r["q"], choices=r["c"], answer=r["a"],
-                          audio=[AudioRef(path=path.parent / r["audio"])]) for r in rows]
-        return LoadedData(samples, {"kind": "local", "path": str(path)}, hash_files([path]))
+from evalkit.types import AudioRef, Response
 
 
 class SleepyConfig(AdapterConfig):
@@ -60,9 +47,7 @@ class Sleepy(Model):
 def main(n_clips: int = 256) -> None:
     import soundfile as sf
 
-    registry.BUILTIN_TASKS["bench-busy-mcq"] = f"{__name__}:BusyTask"
-    registry.BUILTIN_MODELS["bench-sleepy"] = f"{__name__}:Sleepy"
-    registry._table.cache_clear()
+    register({"bench-json-mcq": "common:JsonMCQ"}, {"bench-sleepy": f"{__name__}:Sleepy"})
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -81,7 +66,7 @@ def main(n_clips: int = 256) -> None:
         print(f"busy: decode + resample, serial: {decode_ms:.1f} ms per clip")
         for bs in (4, 8, 16):
             Sleepy.inside = 0.0
-            spec = RunSpec(model="bench-sleepy", task="bench-busy-mcq", task_args={"data": str(root / "data.json")},
+            spec = RunSpec(model="bench-sleepy", task="bench-json-mcq", task_args={"data": str(root / "data.json")},
                            batch_size=bs, output=root / f"runs{bs}")
             t0 = time.perf_counter()
             res = run_task(spec, ModelHolder("bench-sleepy", {}))

@@ -16,24 +16,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import register
 from evalkit.models.base import AdapterConfig, Model
-from evalkit.tasks.base import LoadedData, MCQTask, hash_files
 
-from evalkit import registry
 from evalkit.runner import ModelHolder, RunSpec, run_task
-from evalkit.types import AudioRef, Response, Sample
-
-
-class ClipTask(MCQTask):
-    name = "bench-clip-mcq"
-    description = "synthetic audio MCQ, several questions per clip"
-
-    def load(self) -> LoadedData:
-        path = Path(self.options.data)
-        rows = json.loads(path.read_text())
-        samples = [Sample(id=r["id"], question=r["q"], choices=r["c"], answer=r["a"],
-                          audio=[AudioRef(path=path.parent / r["audio"])]) for r in rows]
-        return LoadedData(samples, {"kind": "local", "path": str(path)}, hash_files([path]))
+from evalkit.types import Response
 
 
 class CountingCaptioner(Model):
@@ -67,11 +54,8 @@ class LetterLLM(Model):
 def main(n_clips: int = 100, per_clip: int = 4) -> None:
     import soundfile as sf
 
-    registry.BUILTIN_TASKS["bench-clip-mcq"] = f"{__name__}:ClipTask"
-    registry.BUILTIN_MODELS["bench-captioner"] = f"{__name__}:CountingCaptioner"
-    registry.BUILTIN_MODELS["bench-letter-llm"] = f"{__name__}:LetterLLM"
-    registry.BUILTIN_MODELS.setdefault("cascade", "evalkit.models.cascade:Cascade")
-    registry._table.cache_clear()
+    register({"bench-json-mcq": "common:JsonMCQ"},
+             {"bench-captioner": f"{__name__}:CountingCaptioner", "bench-letter-llm": f"{__name__}:LetterLLM"})
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -89,7 +73,7 @@ def main(n_clips: int = 100, per_clip: int = 4) -> None:
                                     ("warm cache, other seed", "A", 1)):
             CountingCaptioner.calls = 0
             args = {"captioner": "bench-captioner", "llm": {"name": "bench-letter-llm", "args": {"letter": letter}}}
-            spec = RunSpec(model="cascade", task="bench-clip-mcq", model_args=args, seed=seed, batch_size=16,
+            spec = RunSpec(model="cascade", task="bench-json-mcq", model_args=args, seed=seed, batch_size=16,
                            task_args={"data": str(root / "data.json")}, output=root / "runs")
             t0 = time.perf_counter()
             res = run_task(spec, ModelHolder("cascade", args))

@@ -12,25 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from evalkit import registry
+from common import register
 from evalkit.models.base import AdapterConfig, Model
+
 from evalkit.runner import RunSpec, run_task
-from evalkit.tasks.base import LoadedData, MCQTask, hash_files
-from evalkit.types import Response, Sample
-
-
-class SyntheticMCQ(MCQTask):
-    name = "bench-mcq"
-    description = "synthetic text MCQ for the engine benchmark"
-    modality = "text"
-    groupings = ("axis", "category")
-
-    def load(self) -> LoadedData:
-        path = Path(self.options.data)
-        rows = json.loads(path.read_text())
-        samples = [Sample(id=r["id"], question=r["q"], choices=r["c"], answer=r["a"],
-                          metadata={"axis": r["axis"], "category": r["cat"]}) for r in rows]
-        return LoadedData(samples, {"kind": "local", "path": str(path)}, hash_files([path]))
+from evalkit.types import Response
 
 
 class Instant(Model):
@@ -50,15 +36,13 @@ class Instant(Model):
 
 
 def main(n: int = 10_000) -> None:
-    registry.BUILTIN_TASKS["bench-mcq"] = f"{__name__}:SyntheticMCQ"
-    registry.BUILTIN_MODELS["bench-instant"] = f"{__name__}:Instant"
-    registry._table.cache_clear()
+    register({"bench-json-text-mcq": "common:TextJsonMCQ"}, {"bench-instant": f"{__name__}:Instant"})
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.json"
         data.write_text(json.dumps([{"id": f"q{i}", "q": f"Question number {i}?", "c": [f"choice {j}" for j in range(4)],
-                                     "a": i % 4, "axis": ["perception", "reasoning"][i % 2], "cat": f"c{i % 7}"}
+                                     "a": i % 4, "meta": {"axis": ["perception", "reasoning"][i % 2], "category": f"c{i % 7}"}}
                                     for i in range(n)]))
-        spec = RunSpec(model="bench-instant", task="bench-mcq", task_args={"data": str(data)},
+        spec = RunSpec(model="bench-instant", task="bench-json-text-mcq", task_args={"data": str(data)},
                        output=Path(tmp) / "runs")
         from evalkit.runner import ModelHolder
 

@@ -9,7 +9,6 @@ import math
 import time
 
 import torch
-
 from evalkit.models.eva.align import align_to_tokens
 
 

@@ -28,12 +28,17 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_eva_gpu: no CUDA device; this benchmark needs a GPU (about 20 GB for the bf16 7B LLM)")
         return 0
-    from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
     from evalkit.models.eva.ced import CEDEncoder
     from evalkit.models.eva.fusion import CEDProcessor
-    from evalkit.models.eva.kimi import KimiEvA, KimiPrompt, KimiTokens, VQAdaptor, WhisperFrontEnd
+    from evalkit.models.eva.kimi import (
+        KimiEvA,
+        KimiPrompt,
+        KimiTokens,
+        VQAdaptor,
+        WhisperFrontEnd,
+    )
+    from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     dev, bf = "cuda", torch.bfloat16
     torch.manual_seed(0)

@@ -57,7 +57,7 @@ class RichProgress:
 
         self.errors = 0
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.speed:.1f} samples/s" if False else "{task.fields[rate]}"),
+                            TextColumn("{task.fields[rate]}"),
                             TextColumn("errors: {task.fields[errors]}"), TimeElapsedColumn(),
                             TextColumn("ETA"), TimeRemainingColumn(), console=console,
                             disable=not self.enabled, transient=False)
