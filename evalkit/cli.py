@@ -27,6 +27,13 @@ console = Console(stderr=True)
 out = Console()
 
 
+def task_args_for(name: str, targs: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
+    """`-T key=v` applies to every task, `-T mmau.key=v` only to mmau (for multi-task runs)."""
+    out = {k: v for k, v in targs.items() if "." not in k or k.split(".", 1)[0] not in tasks}
+    out.update({k.split(".", 1)[1]: v for k, v in targs.items() if k.split(".", 1)[0] == name and "." in k})
+    return out
+
+
 def parse_kv(pairs: list[str] | None, flag: str) -> dict[str, Any]:
     """`key=value` pairs; values starting with { or [ are parsed as JSON."""
     result: dict[str, Any] = {}
@@ -34,7 +41,8 @@ def parse_kv(pairs: list[str] | None, flag: str) -> dict[str, Any]:
         if "=" not in item:
             raise typer.BadParameter(f"{flag} {item!r}: expected key=value")
         key, value = item.split("=", 1)
-        key = key.strip().replace("-", "_")
+        prefix, dot, field_name = key.strip().rpartition(".")  # "sseu-asr.data": only the field is normalized
+        key = prefix + dot + field_name.replace("-", "_")
         if not key:
             raise typer.BadParameter(f"{flag} {item!r}: empty key")
         if value[:1] in "{[":
@@ -113,7 +121,8 @@ def run(
     task: list[str] = typer.Option(..., "--task", "-t", help="Task name; repeat for several tasks."),
     model_arg: Optional[list[str]] = typer.Option(None, "--model-arg", "-M", help="Adapter setting key=value."),
     task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", "-T",
-                                                 help="Task setting key=value, e.g. data=PATH, audio_root=DIR."),
+                                                 help="Task setting key=value, e.g. data=PATH, audio_root=DIR; "
+                                                      "prefix with the task name (mmau.data=PATH) when running several."),
     limit: Optional[int] = typer.Option(None, help="Only the first N samples of each task."),
     shard: Optional[str] = typer.Option(None, help="Run shard I/N (every N-th sample, from the I-th; 1-based)."),
     choices: str = typer.Option("balanced", help="Choice order: balanced (gold spread evenly over positions), "
@@ -143,7 +152,8 @@ def run(
     progress = RichProgress(enabled=not quiet)
     try:
         for name in task:
-            spec = RunSpec(model=model, task=name, model_args=holder.args, task_args=targs, choices=choices,
+            spec = RunSpec(model=model, task=name, model_args=holder.args, task_args=task_args_for(name, targs, task),
+                           choices=choices,
                            seed=seed, limit=limit, shard=spec_shard, batch_size=batch_size,
                            generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                                                        seed=seed),

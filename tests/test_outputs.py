@@ -121,3 +121,11 @@ def test_cli_reports_bad_arguments(toy):
     r = subprocess.run([sys.executable, "-m", "evalkit.cli", "run", "--model", "scripted", "--task", "toy-mcq",
                         "-M", "answers"], capture_output=True, text=True)
     assert r.returncode == 2 and "key=value" in r.stderr
+
+
+def test_task_args_route_by_task_prefix():
+    from evalkit.cli import parse_kv, task_args_for
+
+    targs = parse_kv(["sseu-asr.data=a", "mmau.data=b", "audio-root=r"], "-T")
+    assert task_args_for("sseu-asr", targs, ["sseu-asr", "mmau"]) == {"audio_root": "r", "data": "a"}
+    assert task_args_for("mmau", targs, ["sseu-asr", "mmau"]) == {"audio_root": "r", "data": "b"}
