@@ -8,8 +8,9 @@ Usage: `evalkit run --model eva -M checkpoint=PATH -M kimi_path=DIR -M ced_path=
   loaded with weights_only=True). Not published upstream (the release says "TBD").
 - kimi_path: a local `moonshotai/Kimi-Audio-7B-Instruct` snapshot (LLM, vq_adaptor, whisper-large-v3/).
 - ced_path: a local `mispeech/ced-base` snapshot or weights file (HF or original layout).
-- semantic_codes: JSON {clip sha256 | path | label: [GLM-4-Voice codes]}; the WhisperVQ tokenizer
-  (THUDM/glm-4-voice-tokenizer) is not implemented in evalkit.
+- semantic_path: a local `THUDM/glm-4-voice-tokenizer` snapshot; evalkit's own WhisperVQ code
+  (`semantic.py`) computes each clip's discrete codes (cached with the other encoder outputs).
+- semantic_codes: JSON {clip sha256 | path | label: [GLM-4-Voice codes]}; overrides semantic_path.
 - ablations: ced=off, bands=0,3 (zero those CED frequency bands), gate=0.0 (override alpha).
 See docs/eva.md.
 """
@@ -48,6 +49,7 @@ class EvAConfig(AdapterConfig):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     max_batch: int = 8
     semantic_codes: str | None = None
+    semantic_path: str | None = None  # local THUDM/glm-4-voice-tokenizer snapshot
     cache_clips: int = 256
     trust_remote_code: bool = False  # Kimi-Audio's text tokenizer is custom code in its snapshot
 
@@ -94,8 +96,8 @@ class EvA(Model):
         missing = [f"-M {k}=..." for k in ("kimi_path", "ced_path") if not getattr(c, k)]
         if missing:
             raise EvAWeightsError(f"EvA needs local snapshots: {', '.join(missing)}. " + NO_CHECKPOINT)
-        for k in ("checkpoint", "kimi_path", "ced_path"):
-            if not Path(getattr(c, k)).expanduser().exists():
+        for k in ("checkpoint", "kimi_path", "ced_path", "semantic_path"):
+            if getattr(c, k) and not Path(getattr(c, k)).expanduser().exists():
                 raise EvAWeightsError(f"-M {k}={getattr(c, k)}: no such file or folder")
 
     def _load(self):
@@ -109,7 +111,8 @@ class EvA(Model):
         device, dtype = self._resolved()
         model, tok = load_kimi_eva(self.config.kimi_path, self.config.ced_path, self.config.checkpoint, device,
                                    getattr(torch, dtype), self.config.attn_implementation,
-                                   trust_remote_code=self.config.trust_remote_code)
+                                   trust_remote_code=self.config.trust_remote_code,
+                                   semantic_path=None if self.config.semantic_codes else self.config.semantic_path)
         self.attach(model, encode_text_fn(tok), lambda ids: tok.decode(ids))
         return self._model
 
@@ -122,6 +125,8 @@ class EvA(Model):
         self._encode_text, self._decode = encode_text, decode
         if semantic_fn is not None:
             self._semantic = semantic_fn
+        if hasattr(model, "semantic_enabled"):  # codes from a function or a file win over the tokenizer
+            model.semantic_enabled = self._semantic is None and not self.config.semantic_codes
         proc = model.ced_processor
         proc.enabled = self.config.ced == "on"
         proc.gate_override = self.config.gate
@@ -134,8 +139,9 @@ class EvA(Model):
         from .kimi import no_semantic_tokenizer
 
         if not self.config.semantic_codes:
-            self._semantic = no_semantic_tokenizer
-            return self._semantic
+            if getattr(self._model, "semantic", None) is not None:
+                return self._codes_from_clips  # computed by the model's tokenizer in encode()
+            return no_semantic_tokenizer
         table = json.loads(Path(self.config.semantic_codes).expanduser().read_text())
 
         def lookup(audio) -> list[int]:
@@ -146,6 +152,12 @@ class EvA(Model):
 
         self._semantic = lookup
         return lookup
+
+    def _codes_from_clips(self, audio) -> list[int]:
+        enc = self._clips.get(audio.sha256())
+        if enc is None or getattr(enc, "codes", None) is None:
+            raise RuntimeError(f"no semantic codes were computed for {audio.describe()}")
+        return list(enc.codes)
 
     # ------------------------------------------------------------------ generation
     def _encode_clips(self, refs: list[Any]) -> dict[str, Any]:
@@ -219,7 +231,8 @@ class EvA(Model):
         c = self.config
         d: dict[str, Any] = {"backbone": c.backbone, "checkpoint": c.checkpoint, "kimi_path": c.kimi_path,
                              "ced_path": c.ced_path, "ced": c.ced, "bands": c.bands, "gate": c.gate,
-                             "attn_implementation": c.attn_implementation}
+                             "attn_implementation": c.attn_implementation,
+                             "semantic": ("codes file" if c.semantic_codes else "tokenizer" if c.semantic_path else None)}
         try:
             d["device"], d["dtype"] = self._resolved()
         except Exception:

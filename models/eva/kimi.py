@@ -12,9 +12,10 @@
   embed(token) + embed(<|im_kimia_text_blank|>) (the audio stream is blank while text is output).
 - The LLM is a stock `Qwen2ForCausalLM` fed with `inputs_embeds`.
 
-Not implemented here: the GLM-4-Voice WhisperVQ tokenizer (`THUDM/glm-4-voice-tokenizer`) that
-produces the discrete semantic ids. Pass precomputed ids (a `semantic_fn` or the adapter's
-`-M semantic_codes=FILE.json`); otherwise the path raises NotImplementedError.
+Discrete semantic ids: the GLM-4-Voice WhisperVQ tokenizer (`THUDM/glm-4-voice-tokenizer`) is in
+`semantic.py`; give KimiEvA a `semantic` tokenizer (load_kimi_eva(semantic_path=...)) and `encode`
+stores each clip's codes in `EncodedClip.codes`. Precomputed ids (a `semantic_fn` or the adapter's
+`-M semantic_codes=FILE.json`) take precedence; with neither, the path raises NotImplementedError.
 """
 from __future__ import annotations
 
@@ -222,8 +223,9 @@ def build_prompt(messages: list[dict[str, Any]], encode_text: Callable[[str], li
 
 def no_semantic_tokenizer(_audio) -> list[int]:
     raise NotImplementedError(
-        f"Kimi-Audio needs discrete semantic ids from the GLM-4-Voice WhisperVQ tokenizer ({GLM4_VOICE_TOKENIZER}), "
-        "which evalkit does not implement. Precompute them and pass -M semantic_codes=FILE.json "
+        f"Kimi-Audio needs discrete semantic ids from the GLM-4-Voice WhisperVQ tokenizer ({GLM4_VOICE_TOKENIZER}) "
+        f"and none is configured: pass -M semantic_path=DIR (a local snapshot of {GLM4_VOICE_TOKENIZER}; evalkit "
+        "runs it itself), or precomputed codes with -M semantic_codes=FILE.json "
         "(a JSON object mapping each clip's sha256, path or label to its list of codes).")
 
 
@@ -234,14 +236,18 @@ class EncodedClip:
     ced: list[torch.Tensor] | None  # 3 x (F, T, D) fp32
     ced_valid: int = 0
     n_samples: int = 0
+    codes: list[int] | None = None  # raw GLM-4-Voice codes when KimiEvA has a semantic tokenizer
 
 
 class KimiEvA(nn.Module):
     """Whisper + CED encoders, vq_adaptor, ced_processor and a Qwen2ForCausalLM."""
 
     def __init__(self, llm: nn.Module, whisper: WhisperFrontEnd | None, ced: CEDEncoder | None,
-                 ced_processor: CEDProcessor, vq_adaptor: VQAdaptor, tokens: KimiTokens | None = None):
+                 ced_processor: CEDProcessor, vq_adaptor: VQAdaptor, tokens: KimiTokens | None = None,
+                 semantic: nn.Module | None = None):
         super().__init__()
+        self.semantic = semantic  # semantic.WhisperVQTokenizer (fp32) or None
+        self.semantic_enabled = True  # the adapter turns it off when codes come from elsewhere
         self.llm = llm
         self.whisper = whisper
         self.ced = ced
@@ -270,7 +276,10 @@ class KimiEvA(nn.Module):
                 T = out.hidden_states[0].shape[1] // Fq
                 ced[i] = [h[i].view(Fq, T, -1)[:, : int(out.n_time[i])] for h in out.hidden_states]
                 valid[i] = int(out.valid_lengths[i])
-        return [EncodedClip(wh[i], ced[i], valid[i], int(waves[i].shape[-1])) for i in range(len(waves))]
+        codes: list[list[int] | None] = [None] * len(waves)
+        if self.semantic is not None and self.semantic_enabled:
+            codes = list(self.semantic.tokenize(waves))
+        return [EncodedClip(wh[i], ced[i], valid[i], int(waves[i].shape[-1]), codes[i]) for i in range(len(waves))]
 
     @torch.no_grad()
     def ced_tokens(self, clips: list[EncodedClip], n_audio: list[int]) -> list[torch.Tensor | None]:
@@ -417,9 +426,11 @@ def qwen2_config_from_kimi(path: Path, attn_implementation: str = "sdpa"):
 
 
 def load_kimi_eva(kimi_path: str, ced_path: str, checkpoint: str, device: str, dtype: torch.dtype,
-                  attn_implementation: str = "sdpa", trust_remote_code: bool = False) -> tuple[KimiEvA, Any]:
+                  attn_implementation: str = "sdpa", trust_remote_code: bool = False,
+                  semantic_path: str | None = None) -> tuple[KimiEvA, Any]:
     """Real weights: a local Kimi-Audio-7B-Instruct snapshot (LLM, vq_adaptor, whisper-large-v3/),
-    a CED-Base snapshot and the EvA fusion checkpoint. Returns (model, text tokenizer).
+    a CED-Base snapshot, the EvA fusion checkpoint and optionally a local THUDM/glm-4-voice-tokenizer
+    snapshot (semantic_path; run in fp32). Returns (model, text tokenizer).
     Kimi's text tokenizer is a tiktoken class shipped as code in the snapshot, so loading it
     needs the user's explicit `-M trust_remote_code=true` (the model itself is stock transformers)."""
     if not trust_remote_code:
@@ -467,7 +478,12 @@ def load_kimi_eva(kimi_path: str, ced_path: str, checkpoint: str, device: str, d
     load_processor_weights(proc, checkpoint)
     proc = proc.to(device).eval()  # CED branch kept in fp32 (alpha is fp32 by construction)
     tok = AutoTokenizer.from_pretrained(str(root), trust_remote_code=True)  # the user allowed it (checked above)
-    model = KimiEvA(llm, front, ced, proc, vq.to(device, dtype).eval(), KimiTokens.from_tokenizer(tok))
+    semantic = None
+    if semantic_path:
+        from .semantic import load_semantic_tokenizer
+
+        semantic = load_semantic_tokenizer(semantic_path, device=device)
+    model = KimiEvA(llm, front, ced, proc, vq.to(device, dtype).eval(), KimiTokens.from_tokenizer(tok), semantic)
     return model, tok
 
 
