@@ -104,7 +104,7 @@ def test_no_checkpoint_error_message():
     assert "-M kimi_path=" in msg and "-M ced_path=" in msg
     with pytest.raises(Exception):
         EvA.from_args({"chekpoint": "x"})  # typo fails at load
-    with pytest.raises(NotImplementedError, match="Qwen2.5-Omni"):
+    with pytest.raises(EvAWeightsError, match="omni_path"):  # the Omni backbone needs its snapshot
         EvA.from_args({"backbone": "qwen2.5-omni", "checkpoint": "x"}).generate([])
 
 

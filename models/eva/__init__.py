@@ -1,4 +1,4 @@
-"""EvA (Evidence-first Audio): Kimi-Audio with a CED-Base branch fused into the LLM input.
+"""EvA (Evidence-first Audio): Kimi-Audio (or Qwen2.5-Omni) with a CED-Base branch fused into the LLM input.
 
 Importing this module imports neither torch nor transformers; the torch code lives in the
 submodules (`ced`, `aggregator`, `align`, `fusion`, `kimi`) and is imported on first use.
@@ -12,6 +12,9 @@ Usage: `evalkit run --model eva -M checkpoint=PATH -M kimi_path=DIR -M ced_path=
   (`semantic.py`) computes each clip's discrete codes (cached with the other encoder outputs).
 - semantic_codes: JSON {clip sha256 | path | label: [GLM-4-Voice codes]}; overrides semantic_path.
 - ablations: ced=off, bands=0,3 (zero those CED frequency bands), gate=0.0 (override alpha).
+- backbone=qwen2.5-omni: the release's Qwen2.5-Omni variant (`omni.py`): -M omni_path=DIR (a local
+  Qwen/Qwen2.5-Omni-7B snapshot; thinker only, stock transformers class), -M ced_path, and a checkpoint
+  holding `ced_processor.*` (the release's names for this backbone). No semantic codes are needed.
 See docs/eva.md.
 """
 from __future__ import annotations
@@ -36,9 +39,14 @@ class EvAWeightsError(RuntimeError):
     pass
 
 
+class EvAOmniSnapshotError(EvAWeightsError):
+    """backbone=qwen2.5-omni without its local snapshots."""
+
+
 class EvAConfig(AdapterConfig):
     checkpoint: str | None = None
     kimi_path: str | None = None
+    omni_path: str | None = None  # local Qwen/Qwen2.5-Omni-7B snapshot (backbone=qwen2.5-omni)
     ced_path: str | None = None
     backbone: Literal["kimi", "qwen2.5-omni"] = "kimi"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -56,7 +64,7 @@ class EvAConfig(AdapterConfig):
 
 class EvA(Model):
     name = "eva"
-    description = "EvA: Kimi-Audio + CED-Base evidence branch (needs local weights)"
+    description = "EvA: Kimi-Audio (or Qwen2.5-Omni) + CED-Base evidence branch (needs local weights)"
     source = "github.com/satsuki2486441738/EvA (arXiv 2603.27667); moonshotai/Kimi-Audio-7B-Instruct; mispeech/ced-base"
     capabilities = frozenset({"audio", "text", "multi_audio"})
     Config = EvAConfig
@@ -83,20 +91,22 @@ class EvA(Model):
 
     def _check_config(self) -> None:
         c = self.config
-        if c.backbone == "qwen2.5-omni":
-            raise NotImplementedError(
-                "EvA on Qwen2.5-Omni is not implemented in evalkit (the release's qwen2_5_omni_eva adds ced_processor "
-                "to the Thinker's audio embeddings); use backbone=kimi")
         if not c.checkpoint:
             raise EvAWeightsError(NO_CHECKPOINT)
 
     def _check_paths(self) -> None:
         self._check_config()
         c = self.config
-        missing = [f"-M {k}=..." for k in ("kimi_path", "ced_path") if not getattr(c, k)]
+        omni = c.backbone == "qwen2.5-omni"
+        missing = [f"-M {k}=..." for k in (("omni_path" if omni else "kimi_path"), "ced_path") if not getattr(c, k)]
+        if missing and omni:
+            raise EvAOmniSnapshotError(
+                f"EvA on Qwen2.5-Omni needs local snapshots: {', '.join(missing)} (-M omni_path=DIR: "
+                "Qwen/Qwen2.5-Omni-7B; -M ced_path=DIR_OR_FILE: mispeech/ced-base) and -M checkpoint=PATH holding "
+                "ced_processor.* (the release's Qwen2.5-Omni-EvA names; not published upstream)")
         if missing:
             raise EvAWeightsError(f"EvA needs local snapshots: {', '.join(missing)}. " + NO_CHECKPOINT)
-        for k in ("checkpoint", "kimi_path", "ced_path", "semantic_path"):
+        for k in ("checkpoint", "kimi_path", "omni_path", "ced_path", "semantic_path"):
             if getattr(c, k) and not Path(getattr(c, k)).expanduser().exists():
                 raise EvAWeightsError(f"-M {k}={getattr(c, k)}: no such file or folder")
 
@@ -109,6 +119,13 @@ class EvA(Model):
         from .kimi import encode_text_fn, load_kimi_eva
 
         device, dtype = self._resolved()
+        if self.config.backbone == "qwen2.5-omni":
+            from .omni import load_omni_eva
+
+            omni = load_omni_eva(self.config.omni_path, self.config.ced_path, self.config.checkpoint, device,
+                                 getattr(torch, dtype), self.config.attn_implementation)
+            self.attach(omni, None, None)
+            return self._model
         model, tok = load_kimi_eva(self.config.kimi_path, self.config.ced_path, self.config.checkpoint, device,
                                    getattr(torch, dtype), self.config.attn_implementation,
                                    trust_remote_code=self.config.trust_remote_code,
@@ -118,8 +135,13 @@ class EvA(Model):
 
     def attach(self, model, encode_text, decode, semantic_fn=None) -> "EvA":
         """Use prebuilt components (tests, notebooks): a kimi.KimiEvA, text encode/decode callables
-        and optionally a semantic-id function (AudioRef -> list of GLM-4-Voice codes)."""
+        and optionally a semantic-id function (AudioRef -> list of GLM-4-Voice codes); or an
+        omni.OmniEvA (backbone=qwen2.5-omni; it tokenizes with its own processor: pass None, None)."""
         from .aggregator import parse_bands
+
+        have = getattr(model, "backbone", "kimi")
+        if have != self.config.backbone:
+            raise ValueError(f"EvA is configured with backbone={self.config.backbone} but got a {have} model")
 
         self._model = model
         self._encode_text, self._decode = encode_text, decode
@@ -181,6 +203,8 @@ class EvA(Model):
 
     def generate(self, requests: list[Request]) -> list[Response]:
         model = self._load()
+        if self.config.backbone == "qwen2.5-omni":
+            return self._generate_omni(requests)
         from .kimi import build_prompt
 
         semantic = self._semantic_fn()
@@ -219,6 +243,55 @@ class EvA(Model):
                         out[r.key] = Response(key=r.key, error=f"{type(e).__name__}: {e}")
         return [out[r.key] for r in requests]
 
+    def _generate_omni(self, requests: list[Request]) -> list[Response]:
+        """Qwen2.5-Omni: the processor's chat template; batches of max_batch per (generation settings,
+        with/without audio), left padded; a failing batch is retried one request at a time."""
+        from evalkit.models.hf_common import to_conversation
+
+        model = self._model
+        out: dict[str, Response] = {}
+        groups: dict[tuple, list[tuple[Request, list, list]]] = {}
+        for r in requests:
+            try:
+                conv, audios = to_conversation(r, self.sample_rate)
+            except Exception as e:
+                out[r.key] = Response(key=r.key, error=f"{type(e).__name__}: {e}")
+                continue
+            key = (tuple(sorted(r.generation.to_dict().items())), bool(audios))
+            groups.setdefault(key, []).append((r, conv, audios))
+        bs = max(1, self.config.max_batch)
+
+        def run(items) -> list[str]:
+            clips = self._encode_clips([a for r, _, _ in items for a in r.audio()])
+            per = [[clips[a.sha256()] for a in r.audio()] for r, _, _ in items]
+            texts, effective = model.generate([c for _, c, _ in items], [a for _, _, a in items], per,
+                                              items[0][0].generation)
+            self._last_generation = effective
+            return texts
+
+        for items in groups.values():
+            for b0 in range(0, len(items), bs):
+                batch = items[b0: b0 + bs]
+                t0 = time.perf_counter()
+                try:
+                    texts = run(batch)
+                    dt = (time.perf_counter() - t0) / len(batch)
+                    for (r, _, _), text in zip(batch, texts):
+                        out[r.key] = Response(key=r.key, text=text, latency_s=dt)
+                    continue
+                except Exception as e:
+                    if len(batch) == 1:
+                        out[batch[0][0].key] = Response(key=batch[0][0].key, error=f"{type(e).__name__}: {e}")
+                        continue
+                for item in batch:  # isolate the request that breaks the batch
+                    t1 = time.perf_counter()
+                    try:
+                        out[item[0].key] = Response(key=item[0].key, text=run([item])[0],
+                                                    latency_s=time.perf_counter() - t1)
+                    except Exception as e1:
+                        out[item[0].key] = Response(key=item[0].key, error=f"{type(e1).__name__}: {e1}")
+        return [out[r.key] for r in requests]
+
     def _one(self, r: Request) -> Response:
         saved = self.config.max_batch
         try:
@@ -230,13 +303,15 @@ class EvA(Model):
     def info(self) -> dict[str, Any]:
         c = self.config
         d: dict[str, Any] = {"backbone": c.backbone, "checkpoint": c.checkpoint, "kimi_path": c.kimi_path,
-                             "ced_path": c.ced_path, "ced": c.ced, "bands": c.bands, "gate": c.gate,
+                             "omni_path": c.omni_path, "ced_path": c.ced_path, "ced": c.ced, "bands": c.bands, "gate": c.gate,
                              "attn_implementation": c.attn_implementation,
                              "semantic": ("codes file" if c.semantic_codes else "tokenizer" if c.semantic_path else None)}
         try:
             d["device"], d["dtype"] = self._resolved()
         except Exception:
             pass
+        if getattr(self, "_last_generation", None) is not None:
+            d["generation"] = self._last_generation
         return d
 
     def close(self) -> None:
