@@ -129,3 +129,17 @@ def test_task_args_route_by_task_prefix():
     targs = parse_kv(["sseu-asr.data=a", "mmau.data=b", "audio-root=r"], "-T")
     assert task_args_for("sseu-asr", targs, ["sseu-asr", "mmau"]) == {"audio_root": "r", "data": "a"}
     assert task_args_for("mmau", targs, ["sseu-asr", "mmau"]) == {"audio_root": "r", "data": "b"}
+
+
+def test_committed_baselines_validate():
+    from pathlib import Path
+
+    runs = sorted((Path(__file__).resolve().parents[1] / "results" / "baselines").glob("*/run.json"))
+    assert runs, "no committed baseline"
+    for p in runs:
+        run = json.loads(p.read_text())
+        jsonschema.validate(run, schema("run.schema.json"))
+        assert run["status"] == "complete" and run["counts"]["errors"] == 0
+        board = lb.build([run])
+        jsonschema.validate(board, schema("leaderboard.schema.json"))
+        assert board["rows"][0]["synthetic"] is (run["task"]["source"].get("synthetic") is True)
