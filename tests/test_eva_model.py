@@ -402,7 +402,7 @@ def test_vllm_prompts_without_vllm():
     assert params["max_tokens"] == 9 and TOK.text_eos in params["stop_token_ids"]
     from evalkit.models.eva.kimi import run_vllm
 
-    with pytest.raises(NotImplementedError, match="vllm_prompts"):
+    with pytest.raises(ValueError, match="vllm_prompts"):  # an engine is required
         run_vllm(prompts, params)
 
 

@@ -15,6 +15,9 @@ Usage: `evalkit run --model eva -M checkpoint=PATH -M kimi_path=DIR -M ced_path=
 - backbone=qwen2.5-omni: the release's Qwen2.5-Omni variant (`omni.py`): -M omni_path=DIR (a local
   Qwen/Qwen2.5-Omni-7B snapshot; thinker only, stock transformers class), -M ced_path, and a checkpoint
   holding `ced_processor.*` (the release's names for this backbone). No semantic codes are needed.
+- engine=vllm (Kimi backbone): evalkit computes the fused prompt embeddings, vLLM runs the LLM on them
+  (`vllm_path.py`; needs `pip install 'evalkit[vllm]'`); options tensor_parallel_size, max_model_len,
+  gpu_memory_utilization, enforce_eager, vllm_batch_size, vllm_engine_args. Default engine=transformers.
 See docs/eva.md.
 """
 from __future__ import annotations
@@ -24,6 +27,8 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import Field
 
 from evalkit.models.base import AdapterConfig, Model
 from evalkit.types import Request, Response
@@ -60,6 +65,13 @@ class EvAConfig(AdapterConfig):
     semantic_path: str | None = None  # local THUDM/glm-4-voice-tokenizer snapshot
     cache_clips: int = 256
     trust_remote_code: bool = False  # Kimi-Audio's text tokenizer is custom code in its snapshot
+    engine: Literal["transformers", "vllm"] = "transformers"  # vllm: Kimi backbone only (vllm_path.py)
+    tensor_parallel_size: int = 1  # engine=vllm
+    max_model_len: int | None = None  # engine=vllm (None: the snapshot's max positions)
+    gpu_memory_utilization: float = 0.85  # engine=vllm; leaves room for Whisper/CED/embeddings on the GPU
+    enforce_eager: bool = False  # engine=vllm
+    vllm_batch_size: int = 512  # engine=vllm: requests per llm.generate call (the runner's batch)
+    vllm_engine_args: dict[str, Any] = Field(default_factory=dict)  # engine=vllm: other vllm.LLM keyword arguments, passed through
 
 
 class EvA(Model):
@@ -78,7 +90,15 @@ class EvA(Model):
         self._decode = None
         self._semantic = None
         self._clips: OrderedDict[str, Any] = OrderedDict()
+        self._engine = None  # vllm_path.EvAVLLMEngine with -M engine=vllm
         self._check_config()  # fail before any sample is processed (paths are checked at load)
+        if config.engine == "vllm":
+            if config.backbone != "kimi":
+                raise ValueError("-M engine=vllm is implemented for backbone=kimi only")
+            from .vllm_path import require_vllm
+
+            require_vllm()  # a missing extra is a clear error now, not after the encoders load
+            self.preferred_batch_size = max(1, config.vllm_batch_size)  # the runner hands over this many
 
     # ------------------------------------------------------------------ loading
     def _resolved(self) -> tuple[str, str]:
@@ -126,12 +146,40 @@ class EvA(Model):
                                  getattr(torch, dtype), self.config.attn_implementation)
             self.attach(omni, None, None)
             return self._model
-        model, tok = load_kimi_eva(self.config.kimi_path, self.config.ced_path, self.config.checkpoint, device,
+        vllm = self.config.engine == "vllm"
+        if vllm:  # built before evalkit touches CUDA, so vLLM forks and its processes inherit the registration
+            self._vllm_engine(dtype)
+        model, tok = load_kimi_eva(self.config.kimi_path, self.config.ced_path, self.config.checkpoint,
+                                   "cpu" if vllm else device,  # vllm: the LLM copy is dropped before moving
                                    getattr(torch, dtype), self.config.attn_implementation,
                                    trust_remote_code=self.config.trust_remote_code,
                                    semantic_path=None if self.config.semantic_codes else self.config.semantic_path)
+        if vllm:
+            from .vllm_path import embed_only
+
+            model = embed_only(model).to(device)
+            sent = self._engine.kwargs["hf_overrides"]["eva_text_blank_id"]
+            if model.tokens.text_blank != sent:
+                raise ValueError(f"Kimi tokenizer's <|im_kimia_text_blank|> is {model.tokens.text_blank}, "
+                                 f"but the vLLM engine was built with {sent}")
         self.attach(model, encode_text_fn(tok), lambda ids: tok.decode(ids))
         return self._model
+
+    def _vllm_engine(self, dtype: str | None = None):
+        if self._engine is None:
+            from .kimi import TEXT_BLANK
+            from .vllm_path import EvAVLLMEngine
+
+            c = self.config
+            if dtype is None:
+                dtype = str(self._model.dtype).replace("torch.", "") if self._model is not None else "auto"
+            text_blank = getattr(getattr(self._model, "tokens", None), "text_blank", TEXT_BLANK)
+            self._engine = EvAVLLMEngine(c.kimi_path, tensor_parallel_size=c.tensor_parallel_size,
+                                         max_model_len=c.max_model_len,
+                                         gpu_memory_utilization=c.gpu_memory_utilization, dtype=dtype,
+                                         enforce_eager=c.enforce_eager, trust_remote_code=c.trust_remote_code,
+                                         text_blank=text_blank, extra=dict(c.vllm_engine_args))
+        return self._engine
 
     def attach(self, model, encode_text, decode, semantic_fn=None) -> "EvA":
         """Use prebuilt components (tests, notebooks): a kimi.KimiEvA, text encode/decode callables
@@ -205,6 +253,8 @@ class EvA(Model):
         model = self._load()
         if self.config.backbone == "qwen2.5-omni":
             return self._generate_omni(requests)
+        if self.config.engine == "vllm":
+            return self._generate_vllm(requests)
         from .kimi import build_prompt
 
         semantic = self._semantic_fn()
@@ -241,6 +291,76 @@ class EvA(Model):
                 except Exception as e:
                     for r in ok:
                         out[r.key] = Response(key=r.key, error=f"{type(e).__name__}: {e}")
+        return [out[r.key] for r in requests]
+
+    def _embed_requests(self, requests: list[Request], out: dict[str, Response]) -> list[tuple[Request, Any]]:
+        """(request, fused prompt embeddings) per request, max_batch at a time; failures go to `out`
+        (a failing batch is retried one request at a time to isolate the bad one)."""
+        from .kimi import build_prompt
+
+        model = self._model
+        semantic = self._semantic_fn()
+        done: list[tuple[Request, Any]] = []
+
+        def run(batch: list[Request]) -> None:
+            clips = self._encode_clips([a for r in batch for a in r.audio()])
+            ok, prompts, clip_lists = [], [], []
+            for r in batch:
+                try:
+                    prompts.append(build_prompt(r.messages, self._encode_text, semantic, model.tokens))
+                    clip_lists.append([clips[a.sha256()] for a in r.audio()])
+                    ok.append(r)
+                except Exception as e:
+                    out[r.key] = Response(key=r.key, error=f"{type(e).__name__}: {e}")
+            if ok:
+                done.extend(zip(ok, model.embed(prompts, clip_lists)))
+
+        bs = max(1, self.config.max_batch)
+        for b0 in range(0, len(requests), bs):
+            batch = requests[b0: b0 + bs]
+            try:
+                run(batch)
+                continue
+            except Exception as e:
+                if len(batch) == 1:
+                    out[batch[0].key] = Response(key=batch[0].key, error=f"{type(e).__name__}: {e}")
+                    continue
+            for r in batch:
+                out.pop(r.key, None)
+                try:
+                    run([r])
+                except Exception as e:
+                    out[r.key] = Response(key=r.key, error=f"{type(e).__name__}: {e}")
+        return done
+
+    def _generate_vllm(self, requests: list[Request]) -> list[Response]:
+        """engine=vllm: embeddings here (max_batch at a time), then one llm.generate for all requests."""
+        from .kimi import vllm_prompts
+
+        t0 = time.perf_counter()
+        out: dict[str, Response] = {}
+        items = self._embed_requests(requests, out)
+        prompts, params = [], []
+        for r, e in items:
+            g = r.generation
+            p, kw = vllm_prompts([e], g.max_new_tokens, g.temperature, g.top_p, g.seed, self._model.tokens)
+            prompts.extend(p)
+            params.append(kw)
+        results = []
+        if items:
+            try:
+                results = self._vllm_engine().run(prompts, params, stops=self._model.tokens.stops)
+            except Exception as e:
+                results = [{"error": f"{type(e).__name__}: {e}"}] * len(items)
+        dt = (time.perf_counter() - t0) / max(1, len(requests))
+        for (r, _), res in zip(items, results):
+            if "error" in res:
+                out[r.key] = Response(key=r.key, error=res["error"])
+                continue
+            try:
+                out[r.key] = Response(key=r.key, text=self._decode(res["token_ids"]), latency_s=dt)
+            except Exception as e:
+                out[r.key] = Response(key=r.key, error=f"{type(e).__name__}: {e}")
         return [out[r.key] for r in requests]
 
     def _generate_omni(self, requests: list[Request]) -> list[Response]:
@@ -302,7 +422,7 @@ class EvA(Model):
 
     def info(self) -> dict[str, Any]:
         c = self.config
-        d: dict[str, Any] = {"backbone": c.backbone, "checkpoint": c.checkpoint, "kimi_path": c.kimi_path,
+        d: dict[str, Any] = {"backbone": c.backbone, "engine": c.engine, "checkpoint": c.checkpoint, "kimi_path": c.kimi_path,
                              "omni_path": c.omni_path, "ced_path": c.ced_path, "ced": c.ced, "bands": c.bands, "gate": c.gate,
                              "attn_implementation": c.attn_implementation,
                              "semantic": ("codes file" if c.semantic_codes else "tokenizer" if c.semantic_path else None)}
@@ -315,5 +435,8 @@ class EvA(Model):
         return d
 
     def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         self._model = None
         self._clips.clear()

@@ -389,8 +389,8 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Gen
 # ----------------------------------------------------------------------------- vLLM
 def vllm_prompts(embeds: list[torch.Tensor], max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                  seed: int | None = 0, tokens: KimiTokens | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """What the vLLM path would pass: EmbedsPrompt-shaped dicts ({"prompt_embeds": (S, H)}) and the
-    SamplingParams keyword arguments. Built without vLLM installed."""
+    """What the vLLM path passes (`vllm_path.run_prompts`): EmbedsPrompt-shaped dicts
+    ({"prompt_embeds": (S, H)}) and the SamplingParams keyword arguments. Built without vLLM installed."""
     tk = tokens or KimiTokens()
     prompts = [{"prompt_embeds": e.detach()} for e in embeds]
     params = {"max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
@@ -398,11 +398,20 @@ def vllm_prompts(embeds: list[torch.Tensor], max_new_tokens: int = 64, temperatu
     return prompts, params
 
 
-def run_vllm(*_args, **_kwargs):
-    raise NotImplementedError(
-        "EvA on vLLM is not wired up: it needs a Qwen2ForCausalLM subclass registered as MoonshotKimiaForCausalLM "
-        "whose decode-step embedding adds embed(<|im_kimia_text_blank|>) (token 151666), and vLLM with prompt-embeds "
-        "support. Use models.eva.kimi.vllm_prompts() to build the inputs; the transformers path is the supported one.")
+def run_vllm(prompts: list[dict[str, Any]], params: dict[str, Any] | list[dict[str, Any]], llm: Any = None,
+             tokens: KimiTokens | None = None) -> list[dict[str, Any]]:
+    """Run `vllm_prompts()` outputs on a vLLM engine built by `vllm_path.EvAVLLMEngine` (its `.llm`):
+    one `llm.generate` call for the whole list; per prompt {"token_ids": [...]} (stops removed) or
+    {"error": ...}. The adapter does this with `-M engine=vllm`; see models/eva/vllm_path.py."""
+    if llm is None:
+        raise ValueError(
+            "run_vllm needs an engine: llm=vllm_path.EvAVLLMEngine(kimi_path, ...).llm (a vLLM LLM with "
+            "enable_prompt_embeds=True and EvA's Qwen2ForCausalLM subclass, which adds embed(<|im_kimia_text_blank|>) "
+            "(token 151666) at decode); build the inputs with models.eva.kimi.vllm_prompts(), or run the adapter "
+            "with -M engine=vllm.")
+    from .vllm_path import run_prompts
+
+    return run_prompts(llm, prompts, params, stops=tokens.stops if tokens is not None else None)
 
 
 # ----------------------------------------------------------------------------- loading
