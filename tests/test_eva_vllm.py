@@ -191,7 +191,7 @@ def test_engine_and_sampling_kwargs():
 def test_subclass_registration_and_decode_embedding(fake_vllm):
     cls = vp.register_eva_model(fake_vllm)
     archs = [a for a, _ in fake_vllm.ModelRegistry.calls]
-    assert archs == ["MoonshotKimiaForCausalLM", "EvAKimiaForCausalLM"]
+    assert archs == ["EvAKimiaForCausalLM"]
     assert all(c is cls for _, c in fake_vllm.ModelRegistry.calls)
     from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
 
@@ -243,7 +243,7 @@ def test_adapter_vllm_engine_end_to_end(fake_vllm):
     assert (llm.kw["tensor_parallel_size"], llm.kw["max_model_len"], llm.kw["gpu_memory_utilization"]) == (2, 2048, 0.6)
     assert llm.kw["hf_overrides"]["eva_text_blank_id"] == TOK.text_blank and llm.kw["max_num_seqs"] == 64
     assert llm.kw["dtype"] == "float32" and llm.kw["skip_tokenizer_init"] is True
-    assert [a for a, _ in fake_vllm.ModelRegistry.calls] == ["MoonshotKimiaForCausalLM", "EvAKimiaForCausalLM"]
+    assert [a for a, _ in fake_vllm.ModelRegistry.calls] == ["EvAKimiaForCausalLM"]
 
     # one generate call for all four good requests, max_batch=2 notwithstanding
     (inputs, params), = llm.calls

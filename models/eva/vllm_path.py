@@ -13,11 +13,13 @@ How it works (the EvA release's design, `src/third_party/kimia_infer/api/vllm_ev
 4. Output token ids (stops removed) are decoded by evalkit with Kimi's own tokenizer; vLLM itself loads no
    tokenizer (`skip_tokenizer_init=True`, `detokenize=False`).
 
-Registration. The class is registered with `vllm.ModelRegistry.register_model` under the release's name
-`MoonshotKimiaForCausalLM` and under `EvAKimiaForCausalLM`; the engine is pointed at the latter with
-`hf_overrides={"architectures": ["EvAKimiaForCausalLM"], ...}`. Reason: current vLLM ships its own
-`MoonshotKimiaForCausalLM` (Kimi-Audio, `kimi_audio.py`); a process that never saw our registration would
-silently run that one, whereas an unknown name fails loudly. Registration lives in the process that calls it:
+Registration. The class is registered with `vllm.ModelRegistry.register_model` under its own name
+`EvAKimiaForCausalLM` only, and the engine is pointed at it with
+`hf_overrides={"architectures": ["EvAKimiaForCausalLM"], ...}`. The release registers the name
+`MoonshotKimiaForCausalLM`, but current vLLM ships its own model under that name (Kimi-Audio,
+`kimi_audio.py`): overriding it would change what every other vLLM user of Kimi-Audio in the process (or,
+through the plugin entry point, on the machine) runs, and a process that missed our registration would
+silently run vLLM's. An unknown name fails loudly instead. Registration lives in the process that calls it:
 vLLM processes started by fork inherit it, spawned ones do not. The adapter therefore builds the engine
 before it touches CUDA (vLLM forks while CUDA is uninitialised). For spawned workers, `register_eva_model`
 also fits a `vllm.general_plugins` entry point.
@@ -33,7 +35,7 @@ INSTALL_HINT = "pip install 'evalkit[vllm]'"
 TEXT_BLANK = 151666  # <|im_kimia_text_blank|> (confirmed; kimi.TEXT_BLANK)
 KIMIA_ARCH = "MoonshotKimiaForCausalLM"  # the release's registration name (= the Kimi snapshot's architecture)
 EVA_ARCH = "EvAKimiaForCausalLM"  # the name the engine is pointed at (see module docstring)
-ARCHITECTURES = (KIMIA_ARCH, EVA_ARCH)
+ARCHITECTURES = (EVA_ARCH,)  # never KIMIA_ARCH: that name is vLLM's own Kimi-Audio model
 #: the Kimi checkpoint's LLM tensors; everything else (model.mimo_layers.*, model.mimo_norm.*, mimo_output.*,
 #: model.vq_adaptor.*, model.ced_processor.*, whisper/CED weights, rotary buffers) is skipped
 LLM_PREFIXES = ("model.layers.", "model.embed_tokens.", "model.norm.", "lm_head.")
