@@ -255,15 +255,12 @@ class EvA(Model):
             return self._generate_omni(requests)
         if self.config.engine == "vllm":
             return self._generate_vllm(requests)
-        from .kimi import build_prompt
-
         semantic = self._semantic_fn()
         out: dict[str, Response] = {}
         bs = max(1, self.config.max_batch)
         for b0 in range(0, len(requests), bs):
             batch = requests[b0: b0 + bs]
             t0 = time.perf_counter()
-            ok, prompts, clip_lists = [], [], []
             try:
                 clips = self._encode_clips([a for r in batch for a in r.audio()])
             except Exception as e:  # fall back to one request at a time to isolate the bad clip
@@ -273,13 +270,7 @@ class EvA(Model):
                     continue
                 out[batch[0].key] = Response(key=batch[0].key, error=f"{type(e).__name__}: {e}")
                 continue
-            for r in batch:
-                try:
-                    prompts.append(build_prompt(r.messages, self._encode_text, semantic, model.tokens))
-                    clip_lists.append([clips[a.sha256()] for a in r.audio()])
-                    ok.append(r)
-                except Exception as e:
-                    out[r.key] = Response(key=r.key, error=f"{type(e).__name__}: {e}")
+            ok, prompts, clip_lists = self._kimi_prompts(batch, clips, semantic, out)
             if ok:
                 try:
                     embeds = model.embed(prompts, clip_lists)
@@ -293,25 +284,32 @@ class EvA(Model):
                         out[r.key] = Response(key=r.key, error=f"{type(e).__name__}: {e}")
         return [out[r.key] for r in requests]
 
+    def _kimi_prompts(self, batch: list[Request], clips: dict[str, Any], semantic,
+                      out: dict[str, Response]) -> tuple[list[Request], list[Any], list[list[Any]]]:
+        """Two-stream prompts and encoded clips for each request of a batch; a request whose prompt
+        cannot be built gets its error in `out` and is left out."""
+        from .kimi import build_prompt
+
+        ok, prompts, clip_lists = [], [], []
+        for r in batch:
+            try:
+                prompts.append(build_prompt(r.messages, self._encode_text, semantic, self._model.tokens))
+                clip_lists.append([clips[a.sha256()] for a in r.audio()])
+                ok.append(r)
+            except Exception as e:
+                out[r.key] = Response(key=r.key, error=f"{type(e).__name__}: {e}")
+        return ok, prompts, clip_lists
+
     def _embed_requests(self, requests: list[Request], out: dict[str, Response]) -> list[tuple[Request, Any]]:
         """(request, fused prompt embeddings) per request, max_batch at a time; failures go to `out`
         (a failing batch is retried one request at a time to isolate the bad one)."""
-        from .kimi import build_prompt
-
         model = self._model
         semantic = self._semantic_fn()
         done: list[tuple[Request, Any]] = []
 
         def run(batch: list[Request]) -> None:
             clips = self._encode_clips([a for r in batch for a in r.audio()])
-            ok, prompts, clip_lists = [], [], []
-            for r in batch:
-                try:
-                    prompts.append(build_prompt(r.messages, self._encode_text, semantic, model.tokens))
-                    clip_lists.append([clips[a.sha256()] for a in r.audio()])
-                    ok.append(r)
-                except Exception as e:
-                    out[r.key] = Response(key=r.key, error=f"{type(e).__name__}: {e}")
+            ok, prompts, clip_lists = self._kimi_prompts(batch, clips, semantic, out)
             if ok:
                 done.extend(zip(ok, model.embed(prompts, clip_lists)))
 
