@@ -24,7 +24,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from evalkit.tasks.base import LoadedData, MCQTask, TaskDataError, TaskOptions, hash_files
+from evalkit.tasks.base import (
+    LoadedData,
+    MCQTask,
+    TaskDataError,
+    TaskOptions,
+    hash_files,
+)
+
 from evalkit.types import Sample
 
 CATEGORIES = ("Sound", "Paralinguistic", "Phonetic", "Music", "Audio Quality", "Technical")

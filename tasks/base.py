@@ -32,6 +32,10 @@ class TaskOptions(BaseModel):
     prompt: str = "default"  # prompt variant
 
 
+class HubTaskOptions(TaskOptions):
+    revision: str | None = None  # overrides the task's pinned hub revision
+
+
 @dataclass
 class LoadedData:
     samples: list[Sample]

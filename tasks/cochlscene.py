@@ -22,8 +22,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
+from evalkit.tasks.base import (
+    LoadedData,
+    MCQTask,
+    TaskDataError,
+    TaskOptions,
+    collapse_rotations,
+)
+
 from evalkit.protocol.choices import LETTERS
-from evalkit.tasks.base import LoadedData, MCQTask, TaskDataError, TaskOptions, collapse_rotations
 from evalkit.types import AudioRef, Sample
 
 CLASSES = ("Bus", "Cafe", "Car", "CrowdedIndoor", "Elevator", "Kitchen", "Park", "ResidentialArea",

@@ -28,10 +28,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from evalkit.tasks.base import LoadedData, MCQTask, TaskDataError, TaskOptions, hash_files
-from evalkit.tasks.mmau import (gold_index, get_choices, get_field, local_audio, read_json_records,
-                                record_name)
+from evalkit.tasks.base import (
+    HubTaskOptions,
+    LoadedData,
+    MCQTask,
+    TaskDataError,
+    hash_files,
+)
+from evalkit.tasks.mmau import (
+    get_choices,
+    get_field,
+    gold_index,
+    local_audio,
+    read_json_records,
+    record_name,
+)
 from evalkit.tasks.official import mmau_official
+
 from evalkit.types import Sample
 
 HUB_REPO = "BoJack/MMAR"
@@ -44,16 +57,12 @@ AXIS = {"Signal Layer": "perception", "Perception Layer": "perception",
         "Semantic Layer": "reasoning", "Cultural Layer": "reasoning"}
 
 
-class MMAROptions(TaskOptions):
-    revision: str | None = None  # hub revision override
-
-
 class MMAR(MCQTask):
     name = "mmar"
     version = "1"
     description = "MMAR: 1000 audio reasoning MCQs (sound, music, speech, mixes) in four layers"
     source = f"hf:{HUB_REPO}@{HUB_REVISION} (+ mmar-audio.tar.gz) or -T data=MMAR-meta.jsonl (github ddlBoJack/MMAR)"
-    Options = MMAROptions
+    Options = HubTaskOptions
     groupings = ("modality", "category", "sub-category", "language", "axis")
     official = mmau_official
 

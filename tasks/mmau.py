@@ -30,9 +30,16 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from evalkit.audio import UnsafePathError, resolve_under
-from evalkit.tasks.base import LoadedData, MCQTask, TaskDataError, TaskOptions, hash_files
+from evalkit.tasks.base import (
+    HubTaskOptions,
+    LoadedData,
+    MCQTask,
+    TaskDataError,
+    hash_files,
+)
 from evalkit.tasks.official import mmau_official
+
+from evalkit.audio import UnsafePathError, resolve_under
 from evalkit.types import AudioRef, Sample
 
 HUB_REPOS = {"test-mini": "gamma-lab-umd/MMAU-test-mini", "test": "gamma-lab-umd/MMAU-test"}
@@ -153,9 +160,8 @@ def upstream_choices(record: dict[str, Any]) -> list[str] | None:
 
 # ---------------------------------------------------------------- the task
 
-class MMAUOptions(TaskOptions):
+class MMAUOptions(HubTaskOptions):
     split: Literal["test-mini", "test"] = "test-mini"
-    revision: str | None = None  # hub revision override
 
 
 class MMAU(MCQTask):
@@ -168,7 +174,7 @@ class MMAU(MCQTask):
     groupings = ("task", "difficulty", "category", "sub-category", "axis")
     official = mmau_official
 
-    def __init__(self, options: TaskOptions | None = None):
+    def __init__(self, options: MMAUOptions | None = None):
         super().__init__(options)
         self._raw: dict[str, dict[str, Any]] = {}
 

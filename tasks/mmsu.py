@@ -27,8 +27,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from evalkit.tasks.base import DEFAULT_MCQ_PROMPT, LoadedData, MCQTask, TaskDataError, TaskOptions, hash_files
+from evalkit.tasks.base import (
+    DEFAULT_MCQ_PROMPT,
+    HubTaskOptions,
+    LoadedData,
+    MCQTask,
+    TaskDataError,
+    hash_files,
+)
 from evalkit.tasks.official import mmsu_official
+
 from evalkit.types import Sample
 
 HUB_REPO = "ddwang2000/MMSU"
@@ -42,16 +50,12 @@ UPSTREAM_PROMPT = ("Choose the most suitable answer from options A, B, C, and D.
 CHOICE_FIELDS = ("choice_a", "choice_b", "choice_c", "choice_d")
 
 
-class MMSUOptions(TaskOptions):
-    revision: str | None = None  # hub revision override
-
-
 class MMSU(MCQTask):
     name = "mmsu"
     version = "1"
     description = "MMSU: 5000 spoken-language understanding and reasoning MCQs over 47 tasks"
     source = f"hf:{HUB_REPO}@{HUB_REVISION} (split train) or -T data=PARQUET|DIR"
-    Options = MMSUOptions
+    Options = HubTaskOptions
     groupings = ("category", "sub-category", "sub-sub-category", "axis", "task_name")
     prompts = {"default": DEFAULT_MCQ_PROMPT, "upstream": UPSTREAM_PROMPT}
     official = mmsu_official
