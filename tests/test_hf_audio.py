@@ -177,24 +177,29 @@ def test_presets_are_declarative_and_wired():
         assert p.revision is None or len(p.revision) == 40
 
 
-def test_left_padded_batch_equals_single(adapter):
-    clips = [clip(1, 0.5), clip(2, 1.5), clip(3, 1.0, "tone")]
-    texts = ["Hi?", "Which of these sounds is the loudest one in the recording, please?", "Name the sound."]
-    reqs = [request(f"k{i}", t, c) for i, (t, c) in enumerate(zip(texts, clips))]
-    convs = [adapter._conversation(r) for r in reqs]
-    enc = adapter._encode([c for c, _ in convs], [a for _, a in convs])
+def check_left_padded_batch_equals_single(m: HFAudioLM, reqs: list, name: str = "") -> None:
+    """Three requests of different prompt lengths: the batch is left-padded and each batched
+    output equals running that request alone (greedy)."""
+    convs = [m._conversation(r) for r in reqs]
+    enc = m._encode([c for c, _ in convs], [a for _, a in convs])
     mask = enc["attention_mask"]
     lengths = mask.sum(1).tolist()
     assert len(set(lengths)) == 3, lengths  # three different prompt lengths
     short = int(np.argmin(lengths))
     assert mask[short, 0] == 0 and mask[short, -1] == 1  # left padding
-    batched = adapter.generate(reqs)
-    assert [r.key for r in batched] == ["k0", "k1", "k2"]
+    batched = m.generate(reqs)
+    assert [r.key for r in batched] == [r.key for r in reqs]
     for r, b in zip(reqs, batched):
         assert b.error is None, b.error
-        single = adapter.generate([r])[0]
-        assert single.text == b.text, (r.key, single.text, b.text)
-    assert adapter.info()["generation"]["do_sample"] is False
+        single = m.generate([r])[0]
+        assert single.error is None and single.text == b.text, (name, r.key, single.text, b.text)
+    assert m.info()["generation"]["do_sample"] is False
+
+
+def test_left_padded_batch_equals_single(adapter):
+    clips = [clip(1, 0.5), clip(2, 1.5), clip(3, 1.0, "tone")]
+    texts = ["Hi?", "Which of these sounds is the loudest one in the recording, please?", "Name the sound."]
+    check_left_padded_batch_equals_single(adapter, [request(f"k{i}", t, c) for i, (t, c) in enumerate(zip(texts, clips))])
 
 
 def test_deterministic(adapter):

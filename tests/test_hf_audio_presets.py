@@ -37,7 +37,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_hf_audio import clip, request  # noqa: E402
+from test_hf_audio import check_left_padded_batch_equals_single, clip, request  # noqa: E402
 
 from evalkit.models.hf_audio import PRESETS, HFAudioLM  # noqa: E402
 
@@ -332,19 +332,7 @@ def test_batch_of_three_equals_one_by_one(adapters, name):
     clips = [clip(1, 0.5), clip(2, 1.5), clip(3, 1.0, "tone")]
     texts = ["Hi?", "Which of these sounds is the loudest one in the recording, please tell me?", "Name the sound."]
     reqs = [request(f"k{i}", t, c, max_new_tokens=6) for i, (t, c) in enumerate(zip(texts, clips))]
-    convs = [m._conversation(r) for r in reqs]
-    enc = m._encode([c for c, _ in convs], [a for _, a in convs])
-    mask = enc["attention_mask"]
-    lengths = mask.sum(1).tolist()
-    assert len(set(lengths)) == 3, lengths  # three different prompt lengths
-    short = int(np.argmin(lengths))
-    assert mask[short, 0] == 0 and mask[short, -1] == 1  # left padding
-    batched = m.generate(reqs)
-    assert [r.key for r in batched] == ["k0", "k1", "k2"]
-    for r, b in zip(reqs, batched):
-        assert b.error is None, b.error
-        single = m.generate([r])[0]
-        assert single.error is None and single.text == b.text, (name, r.key, single.text, b.text)
+    check_left_padded_batch_equals_single(m, reqs, name)
     # also at the logits level (texts of a random tiny model can coincide)
     one_step = [request(r.key, r.messages[0]["content"][1]["text"], c, max_new_tokens=1) for r, c in zip(reqs, clips)]
     lb = _first_step_logits(m, one_step)
