@@ -37,4 +37,4 @@ def main(seconds: float = 600.0, hidden: int = 3584, repeats: int = 20) -> float
 
 if __name__ == "__main__":
     main(hidden=768)  # CED width (before projection)
-    main(hidden=3584)  # Kimi hidden size: what EvA aligns (after projection); ~107 MB written per call
+    main(hidden=3584)  # Kimi hidden size, for scale: ~107 MB written per call (memory-bound)
