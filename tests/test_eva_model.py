@@ -108,6 +108,29 @@ def test_no_checkpoint_error_message():
         EvA.from_args({"backbone": "qwen2.5-omni", "checkpoint": "x"}).generate([])
 
 
+def test_release_export_folder_supplies_the_snapshot_paths(tmp_path):
+    """The release's export (finetune_codes/kimi_audio_eva/export_utils.py) is a whole snapshot: the LLM with
+    vq_adaptor and model.ced_processor.* (LoRA merged), whisper-large-v3/, ced-base/, the tokenizer files."""
+    export = tmp_path / "export"
+    (export / "whisper-large-v3").mkdir(parents=True)
+    (export / "ced-base").mkdir()
+    (export / "config.json").write_text("{}")
+    eva = EvA.from_args({"checkpoint": str(export)})
+    assert eva.config.kimi_path == str(export) and eva.config.ced_path == str(export / "ced-base")
+    assert eva.info()["kimi_path"] == str(export)
+    # explicit paths win; an Omni export gives its ced-base/ only
+    eva = EvA.from_args({"checkpoint": str(export), "ced_path": "/elsewhere/ced", "kimi_path": "/elsewhere/kimi"})
+    assert eva.config.ced_path == "/elsewhere/ced" and eva.config.kimi_path == "/elsewhere/kimi"
+    eva = EvA.from_args({"checkpoint": str(export), "backbone": "qwen2.5-omni"})
+    assert eva.config.ced_path == str(export / "ced-base") and eva.config.kimi_path is None
+    # a plain fusion-weights file or a folder that is not a Kimi snapshot supplies nothing
+    (tmp_path / "fusion").mkdir()
+    eva = EvA.from_args({"checkpoint": str(tmp_path / "fusion")})
+    assert eva.config.kimi_path is None and eva.config.ced_path is None
+    with pytest.raises(EvAWeightsError, match="-M kimi_path="):
+        eva.generate([])
+
+
 # ----------------------------------------------------------------------------- CED
 def np_reference_logmel(x: np.ndarray, n_fft=512, hop=160, n_mels=64, sr=16000, top_db=120.0) -> np.ndarray:
     """numpy reference: reflect-padded frames x periodic hann, |rfft|^2, HTK filterbank, dB."""
@@ -300,7 +323,12 @@ def test_processor_state_dict_round_trip(tmp_path):
     full["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(2, 2)  # other keys are ignored
     save_file({k: v.contiguous() for k, v in full.items()}, str(tmp_path / "eva.safetensors"))
     torch.save(full, tmp_path / "eva.pt")
-    for path in (tmp_path / "eva.safetensors", tmp_path / "eva.pt"):
+    export = tmp_path / "export"  # a release export: the LLM's shards with the fusion weights among them
+    export.mkdir()
+    keys = sorted(full)
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        save_file({k: full[k].contiguous() for k in part}, str(export / f"model-0000{i + 1}-of-00002.safetensors"))
+    for path in (tmp_path / "eva.safetensors", tmp_path / "eva.pt", export):
         q = CEDProcessor(64, input_dim=32, n_heads=4, d_ff=64)
         load_processor_weights(q, path)
         assert all(torch.equal(q.state_dict()[k], v) for k, v in p.state_dict().items())

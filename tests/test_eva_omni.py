@@ -247,40 +247,176 @@ def test_adapter_requires_checkpoint_and_snapshots(tmp_path, model):
         EvA.from_args({"checkpoint": "x"}).attach(model, None, None)
 
 
-def test_load_omni_eva_from_snapshots(omni_dir, tmp_path):
-    """The loading path: the tiny full Qwen2.5-Omni checkpoint (thinker only), CED and fusion files."""
+def _load_tiny_eva(tmp_path, args: dict):
+    """EvA.from_args(args) + one generate through the real loading code, with the tiny CED and
+    ced_processor shapes patched in (tiny CED weights saved as ced_path)."""
     from safetensors.torch import save_file
 
-    from evalkit.models.eva.ced import CEDConfig, CEDEncoder
-
-    ced = tiny_ced()
-    save_file({k: v.contiguous() for k, v in ced.state_dict().items()}, str(tmp_path / "ced.safetensors"))
-    p = tiny_processor(H)
-    save_file({k: v.contiguous() for k, v in omni_processor_state_dict(p).items()}, str(tmp_path / "eva.safetensors"))
     import evalkit.models.eva.omni as omni_mod
     from evalkit.models.eva import ced as ced_mod
 
+    ced = tiny_ced()
+    save_file({k: v.contiguous() for k, v in ced.state_dict().items()}, str(tmp_path / "ced.safetensors"))
     real_load_ced = ced_mod.load_ced
-    cfg = ced.cfg
 
     def tiny_load(path, device="cpu"):
-        return real_load_ced(path, cfg=cfg, device=device)
+        return real_load_ced(path, cfg=ced.cfg, device=device)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(ced_mod, "load_ced", tiny_load)
     mp.setattr(omni_mod, "CEDProcessor", lambda hidden: CEDProcessor(hidden, input_dim=32, n_heads=4, d_ff=64))
     try:
         with _omni_without_torchvision():
-            eva = EvA.from_args({"backbone": "qwen2.5-omni", "checkpoint": str(tmp_path / "eva.safetensors"),
-                                 "omni_path": str(omni_dir), "ced_path": str(tmp_path / "ced.safetensors"),
-                                 "dtype": "float32", "device": "cpu", "gate": 0.5})
+            eva = EvA.from_args({"backbone": "qwen2.5-omni", "ced_path": str(tmp_path / "ced.safetensors"),
+                                 "dtype": "float32", "device": "cpu", **args})
             out = eva.generate([req("a", [ref(1.0, 2)], n=3)])
     finally:
         mp.undo()
     assert out[0].error is None, out[0].error
+    return eva
+
+
+def test_load_omni_eva_from_snapshots(omni_dir, tmp_path):
+    """The loading path: the tiny full Qwen2.5-Omni checkpoint (thinker only), CED and fusion files."""
+    from safetensors.torch import save_file
+
+    from evalkit.models.eva.ced import CEDEncoder
+
+    p = tiny_processor(H)
+    save_file({k: v.contiguous() for k, v in omni_processor_state_dict(p).items()}, str(tmp_path / "eva.safetensors"))
+    eva = _load_tiny_eva(tmp_path, {"checkpoint": str(tmp_path / "eva.safetensors"), "omni_path": str(omni_dir),
+                                    "gate": 0.5})
     m = eva._model
     assert isinstance(m, OmniEvA) and type(m.thinker).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
-    assert m.ced_processor.gate_override == 0.5 and isinstance(m.ced, CEDEncoder) and isinstance(cfg, CEDConfig)
+    assert m.ced_processor.gate_override == 0.5 and isinstance(m.ced, CEDEncoder)
     assert all(torch.equal(m.ced_processor.state_dict()[k], v) for k, v in p.state_dict().items())
     ref_sd = torch.load(omni_dir / "thinker_reference.pt")
     assert all(torch.equal(m.thinker.state_dict()[k], v) for k, v in ref_sd.items())
+    info = eva.info()
+    assert info["backbone"] == "qwen2.5-omni" and info["generation"]["do_sample"] is False
+
+
+# ----------------------------------------------------------------------------- the release's LoRA adapter
+QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def write_release_adapter(out, n_layers: int, thinker, r: int = 4, alpha: int = 8, seed: int = 0,
+                          extra: dict | None = None, processor_pt: dict | None = None):
+    """A LoRA export shaped like the release's (peft save_pretrained from its thinker-level class: targets and
+    keys named `model.layers.N.self_attn.*`; modules_to_save=["ced_processor"]). Returns {release name: (A, B)}."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    from evalkit.models.eva.omni import text_layers_prefix
+
+    layers = text_layers_prefix(thinker)
+    mods = dict(thinker.named_modules())
+    targets = [f"model.layers.{i}.self_attn.{n}" for i in range(n_layers) for n in QKVO]
+    LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, modules_to_save=["ced_processor"],
+               task_type="CAUSAL_LM").save_pretrained(str(out))
+    g = torch.Generator().manual_seed(seed)
+    ab, sd = {}, {}
+    for t in targets:
+        lin = mods[layers + t[len("model.layers."):]]
+        a = torch.randn(r, lin.in_features, generator=g) * 0.2
+        b = torch.randn(lin.out_features, r, generator=g) * 0.2
+        ab[t] = (a, b)
+        sd[f"base_model.model.{t}.lora_A.weight"], sd[f"base_model.model.{t}.lora_B.weight"] = a, b
+    sd.update(extra or {})
+    save_file(sd, str(out / "adapter_model.safetensors"))
+    if processor_pt is not None:
+        torch.save(processor_pt, out / "ced_processor.pt")
+    return ab
+
+
+def test_lora_adapter_merges_into_the_stock_thinker(omni_dir, tmp_path):
+    from evalkit.models.eva.omni import apply_lora_adapter, text_layers_prefix
+
+    plain = load_thinker(omni_dir)
+    layers = text_layers_prefix(plain)
+    assert layers in ("model.language_model.layers.", "model.layers.")  # transformers 5 / 4 layout
+    n_layers = plain.config.text_config.num_hidden_layers
+    ab = write_release_adapter(tmp_path, n_layers, plain)
+    merged = apply_lora_adapter(load_thinker(omni_dir), tmp_path)
+    assert type(merged).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    assert not any("lora_" in n for n, _ in merged.named_parameters())  # merged, no peft wrappers left
+    before, after = plain.state_dict(), merged.state_dict()
+    assert set(before) == set(after)
+    scale = 8 / 4  # lora_alpha / r
+    for t, (a, b) in ab.items():
+        k = layers + t[len("model.layers."):] + ".weight"
+        assert torch.allclose(after[k], before[k] + scale * b @ a, atol=1e-5), k
+        assert not torch.allclose(after[k], before[k])
+    touched = {layers + t[len("model.layers."):] + ".weight" for t in ab}
+    for k, v in before.items():  # everything else (the audio tower's q/k/v/o included) is untouched
+        if k not in touched:
+            assert torch.equal(after[k], v), k
+
+
+def test_lora_adapter_refuses_weights_for_missing_modules(omni_dir, tmp_path):
+    from evalkit.models.eva.omni import apply_lora_adapter
+
+    thinker = load_thinker(omni_dir)
+    stray = {"base_model.model.model.layers.99.self_attn.q_proj.lora_A.weight": torch.zeros(4, H)}
+    write_release_adapter(tmp_path, 1, thinker, extra=stray)
+    with pytest.raises(ValueError, match="layers.99"):
+        apply_lora_adapter(thinker, tmp_path)
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        apply_lora_adapter(thinker, tmp_path / "nowhere")
+
+
+def test_adapter_processor_weights_take_the_trained_copy(tmp_path):
+    from evalkit.models.eva.omni import adapter_processor_weights
+
+    frozen, trained = tiny_processor(H).state_dict(), tiny_processor(H).state_dict()
+    trained = {k: v + 1 for k, v in trained.items()}
+    wrapped = {**{"original_module." + k: v for k, v in frozen.items()},
+               **{"modules_to_save.default." + k: v for k, v in trained.items()}}
+    (tmp_path / "a").mkdir()
+    torch.save(wrapped, tmp_path / "a" / "ced_processor.pt")
+    got = adapter_processor_weights(tmp_path / "a")
+    assert set(got) == {OMNI_PREFIX + k for k in trained}
+    assert all(torch.equal(got[OMNI_PREFIX + k], v) for k, v in trained.items())
+    # without ced_processor.pt: peft's own modules_to_save copy in adapter_model.safetensors
+    from safetensors.torch import save_file
+
+    (tmp_path / "b").mkdir()
+    save_file({**{"base_model.model.ced_processor." + k: v.contiguous() for k, v in trained.items()},
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, H)},
+              str(tmp_path / "b" / "adapter_model.safetensors"))
+    got = adapter_processor_weights(tmp_path / "b")
+    assert set(got) == {OMNI_PREFIX + k for k in trained}
+    (tmp_path / "c").mkdir()
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, H)},
+              str(tmp_path / "c" / "adapter_model.safetensors"))
+    assert adapter_processor_weights(tmp_path / "c") == {}
+
+
+def test_load_omni_eva_with_the_release_lora_adapter(omni_dir, tmp_path):
+    """-M adapter_path alone (no checkpoint): LoRA merged, ced_processor from the adapter's ced_processor.pt."""
+    plain = load_thinker(omni_dir)
+    trained = {k: v * 0.5 for k, v in tiny_processor(H).state_dict().items()}
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    ab = write_release_adapter(adapter, plain.config.text_config.num_hidden_layers, plain,
+                               processor_pt={"modules_to_save.default." + k: v for k, v in trained.items()})
+    eva = _load_tiny_eva(tmp_path, {"omni_path": str(omni_dir), "adapter_path": str(adapter)})
+    m = eva._model
+    assert all(torch.equal(m.ced_processor.state_dict()[k], v) for k, v in trained.items())
+    from evalkit.models.eva.omni import text_layers_prefix
+
+    t = next(iter(ab))
+    k = text_layers_prefix(plain) + t[len("model.layers."):] + ".weight"
+    assert torch.allclose(m.thinker.state_dict()[k], plain.state_dict()[k] + 2 * ab[t][1] @ ab[t][0], atol=1e-5)
+    assert eva.info()["adapter_path"] == str(adapter)
+    # an adapter without fusion weights and no checkpoint: a clear error at load
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    write_release_adapter(bare, 1, plain)
+    with pytest.raises(ValueError, match="holds no ced_processor weights"):
+        _load_tiny_eva(tmp_path, {"omni_path": str(omni_dir), "adapter_path": str(bare)})
+
+
+def test_adapter_path_is_for_the_omni_backbone_only():
+    with pytest.raises(EvAWeightsError, match="merges Kimi-Audio's LoRA into its export"):
+        EvA.from_args({"checkpoint": "x", "adapter_path": "y"})

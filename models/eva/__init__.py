@@ -12,9 +12,13 @@ Usage: `evalkit run --model eva -M checkpoint=PATH -M kimi_path=DIR -M ced_path=
   (`semantic.py`) computes each clip's discrete codes (cached with the other encoder outputs).
 - semantic_codes: JSON {clip sha256 | path | label: [GLM-4-Voice codes]}; overrides semantic_path.
 - ablations: ced=off, bands=0,3 (zero those CED frequency bands), gate=0.0 (override alpha).
+- A release export folder (`finetune_codes/*/export_utils.py`) as -M checkpoint=DIR also supplies the
+  unset kimi_path (Kimi: the export is a full snapshot, LoRA merged) and ced_path (its ced-base/).
 - backbone=qwen2.5-omni: the release's Qwen2.5-Omni variant (`omni.py`): -M omni_path=DIR (a local
   Qwen/Qwen2.5-Omni-7B snapshot; thinker only, stock transformers class), -M ced_path, and a checkpoint
   holding `ced_processor.*` (the release's names for this backbone). No semantic codes are needed.
+  -M adapter_path=DIR: the release's optional LoRA export (peft folder; needs `pip install peft`), merged
+  into the thinker; its ced_processor.pt (if any) replaces the checkpoint's fusion weights.
 - engine=vllm (Kimi backbone): evalkit computes the fused prompt embeddings, vLLM runs the LLM on them
   (`vllm_path.py`; needs `pip install 'evalkit[vllm]'`); options tensor_parallel_size, max_model_len,
   gpu_memory_utilization, enforce_eager, vllm_batch_size, vllm_engine_args. Default engine=transformers.
@@ -52,6 +56,7 @@ class EvAConfig(AdapterConfig):
     checkpoint: str | None = None
     kimi_path: str | None = None
     omni_path: str | None = None  # local Qwen/Qwen2.5-Omni-7B snapshot (backbone=qwen2.5-omni)
+    adapter_path: str | None = None  # backbone=qwen2.5-omni: the release's LoRA export (peft folder), merged
     ced_path: str | None = None
     backbone: Literal["kimi", "qwen2.5-omni"] = "kimi"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -111,8 +116,28 @@ class EvA(Model):
 
     def _check_config(self) -> None:
         c = self.config
-        if not c.checkpoint:
+        if c.adapter_path and c.backbone != "qwen2.5-omni":
+            raise EvAWeightsError(
+                "-M adapter_path is for backbone=qwen2.5-omni: the release merges Kimi-Audio's LoRA into its export "
+                "(finetune_codes/kimi_audio_eva/lora_utils.py), so pass that export folder as -M checkpoint=DIR")
+        if not c.checkpoint and not (c.adapter_path and c.backbone == "qwen2.5-omni"):
             raise EvAWeightsError(NO_CHECKPOINT)
+        self._default_paths_from_export()
+
+    def _default_paths_from_export(self) -> None:
+        """The release exports a self-contained folder (finetune_codes/*/export_utils.py): for Kimi-Audio the
+        LLM with vq_adaptor and `model.ced_processor.*` (LoRA merged), whisper-large-v3/, ced-base/ and the
+        tokenizer; for Qwen2.5-Omni the thinker with `ced_processor.*` and ced-base/. So `-M checkpoint=EXPORT`
+        alone is enough: unset snapshot paths default to the export's own parts."""
+        c = self.config
+        root = Path(c.checkpoint).expanduser() if c.checkpoint else None
+        if root is None or not root.is_dir():
+            return
+        if c.ced_path is None and (root / "ced-base").is_dir():
+            c.ced_path = str(root / "ced-base")
+        if (c.backbone == "kimi" and c.kimi_path is None and (root / "config.json").is_file()
+                and (root / "whisper-large-v3").is_dir()):
+            c.kimi_path = str(root)
 
     def _check_paths(self) -> None:
         self._check_config()
@@ -126,7 +151,7 @@ class EvA(Model):
                 "ced_processor.* (the release's Qwen2.5-Omni-EvA names; not published upstream)")
         if missing:
             raise EvAWeightsError(f"EvA needs local snapshots: {', '.join(missing)}. " + NO_CHECKPOINT)
-        for k in ("checkpoint", "kimi_path", "omni_path", "ced_path", "semantic_path"):
+        for k in ("checkpoint", "kimi_path", "omni_path", "ced_path", "semantic_path", "adapter_path"):
             if getattr(c, k) and not Path(getattr(c, k)).expanduser().exists():
                 raise EvAWeightsError(f"-M {k}={getattr(c, k)}: no such file or folder")
 
@@ -143,7 +168,8 @@ class EvA(Model):
             from .omni import load_omni_eva
 
             omni = load_omni_eva(self.config.omni_path, self.config.ced_path, self.config.checkpoint, device,
-                                 getattr(torch, dtype), self.config.attn_implementation)
+                                 getattr(torch, dtype), self.config.attn_implementation,
+                                 adapter_path=self.config.adapter_path)
             self.attach(omni, None, None)
             return self._model
         vllm = self.config.engine == "vllm"
@@ -421,7 +447,7 @@ class EvA(Model):
     def info(self) -> dict[str, Any]:
         c = self.config
         d: dict[str, Any] = {"backbone": c.backbone, "engine": c.engine, "checkpoint": c.checkpoint, "kimi_path": c.kimi_path,
-                             "omni_path": c.omni_path, "ced_path": c.ced_path, "ced": c.ced, "bands": c.bands, "gate": c.gate,
+                             "omni_path": c.omni_path, "adapter_path": c.adapter_path, "ced_path": c.ced_path, "ced": c.ced, "bands": c.bands, "gate": c.gate,
                              "attn_implementation": c.attn_implementation,
                              "semantic": ("codes file" if c.semantic_codes else "tokenizer" if c.semantic_path else None)}
         try:

@@ -106,10 +106,32 @@ def processor_state_dict(processor: CEDProcessor) -> dict[str, torch.Tensor]:
     return {PREFIX + k: v for k, v in processor.state_dict().items()}
 
 
+def read_prefixed(source: str | Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Keys under `prefixes` from a .safetensors file or a folder of shards (only those tensors are read:
+    a release export holds the whole 7B LLM beside the fusion weights), or a torch file
+    (weights_only=True). The prefixes are kept."""
+    from .ced import read_state_dict
+
+    p = Path(source).expanduser()
+    files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
+    if files and all(f.suffix == ".safetensors" for f in files):
+        from safetensors import safe_open
+
+        out: dict[str, torch.Tensor] = {}
+        for f in files:
+            with safe_open(str(f), framework="pt") as fh:
+                for k in fh.keys():  # noqa: SIM118 (safe_open handles have no __iter__)
+                    if k.startswith(prefixes):
+                        out[k] = fh.get_tensor(k)
+        return out
+    return read_state_dict(p)
+
+
 def load_processor_weights(processor: CEDProcessor, source: str | Path | dict[str, torch.Tensor]) -> None:
     from .ced import read_state_dict
 
-    sd = read_state_dict(source) if not isinstance(source, dict) else source
+    p = None if isinstance(source, dict) else Path(source).expanduser()
+    sd = source if p is None else read_prefixed(p, (PREFIX,)) if p.is_dir() else read_state_dict(p)
     sub = extract_prefixed(sd)
     if not sub:
         # a bare ced_processor state dict (no prefix) is accepted too

@@ -36,7 +36,7 @@ from torch import nn
 from .align import align_to_tokens
 from .ced import CEDEncoder
 from .fusion import PREFIX as KIMI_PREFIX
-from .fusion import CEDProcessor
+from .fusion import CEDProcessor, read_prefixed
 
 #: the release's parameter prefix for the Qwen2.5-Omni backbone
 OMNI_PREFIX = "ced_processor."
@@ -231,30 +231,10 @@ class OmniEvA(nn.Module):
 
 
 # ----------------------------------------------------------------------------- weights
-def read_prefixed(source: str | Path, prefix: str) -> dict[str, torch.Tensor]:
-    """Keys under `prefix` from a .safetensors file / folder (only those tensors are read), or a
-    torch file (weights_only=True). The prefix is kept."""
-    from .ced import read_state_dict
-
-    p = Path(source).expanduser()
-    files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
-    if files and all(f.suffix == ".safetensors" for f in files):
-        from safetensors import safe_open
-
-        out: dict[str, torch.Tensor] = {}
-        for f in files:
-            with safe_open(str(f), framework="pt") as fh:
-                for k in fh.keys():  # noqa: SIM118 (safe_open handles have no __iter__)
-                    if k.startswith((prefix, KIMI_PREFIX)):
-                        out[k] = fh.get_tensor(k)
-        return out
-    return read_state_dict(p)
-
-
 def load_omni_processor_weights(processor: CEDProcessor, source: str | Path | dict[str, torch.Tensor]) -> None:
     """Load `ced_processor.*` (the release's Qwen2.5-Omni-EvA names; an exported model folder with
     sharded safetensors works, only these tensors are read) into an fp32 CEDProcessor."""
-    sd = source if isinstance(source, dict) else read_prefixed(source, OMNI_PREFIX)
+    sd = source if isinstance(source, dict) else read_prefixed(source, (OMNI_PREFIX, KIMI_PREFIX))
     sub = {k[len(OMNI_PREFIX):]: v for k, v in sd.items() if k.startswith(OMNI_PREFIX)}
     if not sub:
         kimi = any(k.startswith(KIMI_PREFIX) for k in sd)
@@ -272,10 +252,86 @@ def omni_processor_state_dict(processor: CEDProcessor) -> dict[str, torch.Tensor
     return {OMNI_PREFIX + k: v for k, v in processor.state_dict().items()}
 
 
-def load_omni_eva(omni_path: str, ced_path: str, checkpoint: str, device: str, dtype: torch.dtype,
-                  attn_implementation: str = "sdpa") -> OmniEvA:
+# ----------------------------------------------------------------------------- LoRA (the release's optional training)
+#: prefix of the release's text decoder layers (its thinker-level class holds `model = TextModel`)
+RELEASE_TEXT_LAYERS = "model.layers."
+PEFT_PREFIX = "base_model.model."
+MODULES_TO_SAVE = "modules_to_save.default."
+
+
+def text_layers_prefix(thinker: nn.Module) -> str:
+    """Where the stock thinker keeps its text decoder layers: `model.language_model.layers.` in
+    transformers 5.x, `model.layers.` in 4.x (the release's names)."""
+    for name, _ in thinker.named_modules():
+        if name.endswith("layers.0.self_attn.q_proj") and "audio_tower" not in name and "visual" not in name:
+            return name[: -len("0.self_attn.q_proj")]
+    raise ValueError("no text decoder layers (layers.0.self_attn.q_proj) in the Qwen2.5-Omni thinker")
+
+
+def _to_stock(name: str, layers: str) -> str:
+    return layers + name[len(RELEASE_TEXT_LAYERS):] if name.startswith(RELEASE_TEXT_LAYERS) else name
+
+
+def apply_lora_adapter(thinker: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """Merge the release's LoRA adapter into the thinker's weights and return the plain thinker.
+
+    The adapter is what `finetune_codes/qwen2_5_omni_eva/lora_utils.py` (61cdca4) saves with peft's
+    `save_pretrained`: `adapter_config.json` + `adapter_model.safetensors`, LoRA on q/k/v/o of the text
+    layers, named as in the release's thinker-level class (`model.layers.N...`). Those names are mapped to
+    the stock thinker's (`model.language_model.layers.N...` in transformers 5) and peft merges the weights
+    (the release keeps the adapter unmerged at inference: the same function, other rounding in bf16).
+    Every LoRA tensor in the file must land on a module, or this raises."""
+    from peft import LoraConfig, PeftModel, load_peft_weights, set_peft_model_state_dict
+
+    root = Path(adapter_dir).expanduser()
+    if not (root / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"-M adapter_path={adapter_dir}: no adapter_config.json (expected the release's "
+                                "peft LoRA export: adapter_config.json + adapter_model.safetensors)")
+    cfg = LoraConfig.from_pretrained(str(root))
+    layers = text_layers_prefix(thinker)
+    targets = cfg.target_modules
+    cfg.target_modules = ({_to_stock(t, layers) for t in targets} if isinstance(targets, (set, list, tuple))
+                          else targets)  # a regex string is left to peft
+    cfg.modules_to_save = None  # ced_processor lives beside the thinker here; read by adapter_processor_weights
+    cfg.inference_mode = True
+    peft_model = PeftModel(thinker, cfg)
+    sd = load_peft_weights(str(root), device="cpu")
+    lora = {PEFT_PREFIX + _to_stock(k[len(PEFT_PREFIX):], layers) if k.startswith(PEFT_PREFIX) else k: v
+            for k, v in sd.items() if "lora_" in k}
+    if not lora:
+        raise ValueError(f"-M adapter_path={adapter_dir}: no LoRA tensors in its adapter weights")
+    result = set_peft_model_state_dict(peft_model, lora)
+    unexpected = [k for k in result.unexpected_keys if "lora_" in k]
+    if unexpected:
+        raise ValueError(f"-M adapter_path={adapter_dir}: LoRA weights for modules this Qwen2.5-Omni thinker does not "
+                         f"have: {unexpected[:4]}")
+    return peft_model.merge_and_unload()
+
+
+def adapter_processor_weights(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
+    """`ced_processor.*` saved beside a LoRA adapter, or {} when there is none: `ced_processor.pt` (the
+    release writes the module's state dict; peft's modules_to_save wrapper names its trained copy
+    `modules_to_save.default.*`), else the copy peft keeps in `adapter_model.safetensors`."""
+    root = Path(adapter_dir).expanduser()
+    pt = root / "ced_processor.pt"
+    if pt.is_file():
+        sd = torch.load(str(pt), map_location="cpu", weights_only=True)
+        trained = {k[len(MODULES_TO_SAVE):]: v for k, v in sd.items() if k.startswith(MODULES_TO_SAVE)}
+        plain = trained or {k: v for k, v in sd.items() if not k.startswith("original_module.")}
+        return {OMNI_PREFIX + k: v for k, v in plain.items()}
+    from peft import load_peft_weights
+
+    head = PEFT_PREFIX + OMNI_PREFIX
+    sd = load_peft_weights(str(root), device="cpu")
+    return {OMNI_PREFIX + k[len(head):]: v for k, v in sd.items() if k.startswith(head) and "lora_" not in k}
+
+
+def load_omni_eva(omni_path: str, ced_path: str, checkpoint: str | None, device: str, dtype: torch.dtype,
+                  attn_implementation: str = "sdpa", adapter_path: str | None = None) -> OmniEvA:
     """A local Qwen2.5-Omni-7B snapshot (thinker only, stock class), a CED-Base snapshot and the
-    EvA fusion checkpoint (`ced_processor.*`)."""
+    EvA fusion checkpoint (`ced_processor.*`); optionally the release's LoRA adapter folder, merged
+    into the thinker, whose `ced_processor` weights (if it holds any) replace the checkpoint's, as the
+    release's `load_adapter_for_inference` does."""
     import json
 
     from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
@@ -300,9 +356,16 @@ def load_omni_eva(omni_path: str, ced_path: str, checkpoint: str, device: str, d
                           f"pip install torchvision ({e})") from None
     thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
         str(root), dtype=dtype, attn_implementation=attn_implementation, local_files_only=True)
+    adapter_sd: dict[str, torch.Tensor] = {}
+    if adapter_path:
+        thinker = apply_lora_adapter(thinker, adapter_path)
+        adapter_sd = adapter_processor_weights(adapter_path)
     thinker.to(device).eval()
     hidden = thinker.config.text_config.hidden_size
     ced = load_ced(ced_path, device=device)
     proc = CEDProcessor(hidden)
-    load_omni_processor_weights(proc, checkpoint)
+    if not adapter_sd and not checkpoint:
+        raise ValueError(f"-M adapter_path={adapter_path} holds no ced_processor weights (ced_processor.pt or "
+                         "peft's modules_to_save copy): pass -M checkpoint=PATH with ced_processor.*")
+    load_omni_processor_weights(proc, adapter_sd or checkpoint)
     return OmniEvA(thinker, processor, ced, proc.to(device).eval())
