@@ -131,6 +131,22 @@ def test_release_export_folder_supplies_the_snapshot_paths(tmp_path):
         eva.generate([])
 
 
+def test_attention_kernel_auto(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    installed = {"flash_attn": True}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (object() if installed[name] else None) if name in installed else real(name, *a))
+    gpu = EvA.from_args({"checkpoint": "x", "device": "cuda"})
+    assert gpu._attention() == "flash_attention_2" and gpu.info()["attn_implementation"] == "flash_attention_2"
+    assert EvA.from_args({"checkpoint": "x", "device": "cuda", "dtype": "float32"})._attention() == "sdpa"
+    assert EvA.from_args({"checkpoint": "x", "device": "cpu"})._attention() == "sdpa"
+    assert EvA.from_args({"checkpoint": "x", "device": "cuda", "attn_implementation": "eager"})._attention() == "eager"
+    installed["flash_attn"] = False
+    assert gpu._attention() == "sdpa"
+
+
 # ----------------------------------------------------------------------------- CED
 def np_reference_logmel(x: np.ndarray, n_fft=512, hop=160, n_mels=64, sr=16000, top_db=120.0) -> np.ndarray:
     """numpy reference: reflect-padded frames x periodic hann, |rfft|^2, HTK filterbank, dB."""

@@ -64,7 +64,8 @@ class EvAConfig(AdapterConfig):
     ced: Literal["on", "off"] = "on"
     bands: str | None = None
     gate: float | None = None
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # auto: flash_attention_2 when flash-attn is installed and the LLM runs in bf16/fp16 on CUDA, else sdpa
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     max_batch: int = 8
     semantic_codes: str | None = None
     semantic_path: str | None = None  # local THUDM/glm-4-voice-tokenizer snapshot
@@ -113,6 +114,19 @@ class EvA(Model):
         device = c.device if c.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
         return device, dtype
+
+    def _attention(self) -> str:
+        """The LLM's attention kernel: flash-attn when it is installed and can run (CUDA, half precision),
+        else PyTorch SDPA. Whisper, CED and ced_processor use SDPA / their own attention either way."""
+        import importlib.util
+
+        c = self.config
+        if c.attn_implementation != "auto":
+            return c.attn_implementation
+        device, dtype = self._resolved()
+        if device.startswith("cuda") and dtype in ("bfloat16", "float16") and importlib.util.find_spec("flash_attn"):
+            return "flash_attention_2"
+        return "sdpa"
 
     def _check_config(self) -> None:
         c = self.config
@@ -168,7 +182,7 @@ class EvA(Model):
             from .omni import load_omni_eva
 
             omni = load_omni_eva(self.config.omni_path, self.config.ced_path, self.config.checkpoint, device,
-                                 getattr(torch, dtype), self.config.attn_implementation,
+                                 getattr(torch, dtype), self._attention(),
                                  adapter_path=self.config.adapter_path)
             self.attach(omni, None, None)
             return self._model
@@ -177,7 +191,7 @@ class EvA(Model):
             self._vllm_engine(dtype)
         model, tok = load_kimi_eva(self.config.kimi_path, self.config.ced_path, self.config.checkpoint,
                                    "cpu" if vllm else device,  # vllm: the LLM copy is dropped before moving
-                                   getattr(torch, dtype), self.config.attn_implementation,
+                                   getattr(torch, dtype), self._attention(),
                                    trust_remote_code=self.config.trust_remote_code,
                                    semantic_path=None if self.config.semantic_codes else self.config.semantic_path)
         if vllm:
@@ -447,11 +461,12 @@ class EvA(Model):
     def info(self) -> dict[str, Any]:
         c = self.config
         d: dict[str, Any] = {"backbone": c.backbone, "engine": c.engine, "checkpoint": c.checkpoint, "kimi_path": c.kimi_path,
-                             "omni_path": c.omni_path, "adapter_path": c.adapter_path, "ced_path": c.ced_path, "ced": c.ced, "bands": c.bands, "gate": c.gate,
-                             "attn_implementation": c.attn_implementation,
+                             "omni_path": c.omni_path, "adapter_path": c.adapter_path, "ced_path": c.ced_path,
+                             "ced": c.ced, "bands": c.bands, "gate": c.gate,
                              "semantic": ("codes file" if c.semantic_codes else "tokenizer" if c.semantic_path else None)}
         try:
             d["device"], d["dtype"] = self._resolved()
+            d["attn_implementation"] = self._attention()
         except Exception:
             pass
         if getattr(self, "_last_generation", None) is not None:
