@@ -47,6 +47,7 @@ Scaling out:
 """
 from __future__ import annotations
 
+import atexit
 import re
 import time
 from collections.abc import Callable
@@ -276,20 +277,32 @@ class LocalEngine:
         """One result per input: {"text", "extra"} or {"error"}."""
         if not inputs:
             return []
-        sp = [self._vllm.SamplingParams(**p) for p in params]
-        try:
-            outs = self.llm.generate(inputs, sp, use_tqdm=False)
-            return [_output_result(o) for o in outs]
-        except Exception as e:
-            if len(inputs) == 1:  # nothing to isolate: this request is the one the engine rejected
-                return [{"error": f"{type(e).__name__}: {str(e)[:500]}"}]
-        results = []  # isolate the failing request(s)
-        for x, p in zip(inputs, sp):
-            try:
-                results.append(_output_result(self.llm.generate([x], [p], use_tqdm=False)[0]))
+        results: list[dict[str, Any] | None] = [None] * len(inputs)
+        idx, sp = [], []
+        for i, p in enumerate(params):
+            try:  # vLLM validates here (e.g. temperature <= 2, 0 < top_p <= 1): that request's error only
+                sp.append(self._vllm.SamplingParams(**p))
+                idx.append(i)
             except Exception as e:
-                results.append({"error": f"{type(e).__name__}: {str(e)[:500]}"})
-        return results
+                results[i] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+        todo = [inputs[i] for i in idx]
+        if not todo:
+            return results  # type: ignore[return-value]
+        try:
+            outs = self.llm.generate(todo, sp, use_tqdm=False)
+            for i, o in zip(idx, outs):
+                results[i] = _output_result(o)
+            return results  # type: ignore[return-value]
+        except Exception as e:
+            if len(todo) == 1:  # nothing to isolate: this request is the one the engine rejected
+                results[idx[0]] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+                return results  # type: ignore[return-value]
+        for i, x, p in zip(idx, todo, sp):  # isolate the failing request(s)
+            try:
+                results[i] = _output_result(self.llm.generate([x], [p], use_tqdm=False)[0])
+            except Exception as e:
+                results[i] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+        return results  # type: ignore[return-value]
 
     def close(self) -> None:
         self.llm = None
@@ -348,11 +361,14 @@ class DataParallelEngine:
         for r in range(size):
             gpus = ",".join(devices[r * gpus_per_rank:(r + 1) * gpus_per_rank]) if devices else None
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_dp_worker, args=(r, kwargs, gpus, child), daemon=True,
+            # not daemonic: vllm.LLM starts its EngineCore in a child process, which a daemonic process
+            # may not have (vLLM's data_parallel_offline.py example uses plain Processes too)
+            p = ctx.Process(target=_dp_worker, args=(r, kwargs, gpus, child), daemon=False,
                             name=f"evalkit-vllm-dp{r}")
             p.start()
             self.procs.append(p)
             self.conns.append(parent)
+        atexit.register(self.close)  # non-daemonic workers would otherwise keep interpreter exit waiting
         infos = [self._recv(r) for r in range(size)]
         self._model_type = infos[0].get("model_type")
 
@@ -393,7 +409,9 @@ class DataParallelEngine:
             p.join(timeout=30)
             if p.is_alive():
                 p.terminate()
+                p.join(timeout=10)
         self.conns, self.procs = [], []
+        atexit.unregister(self.close)
 
 
 class VLLMAudio(Model):

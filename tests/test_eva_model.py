@@ -462,3 +462,22 @@ def test_cuda_bf16_path_matches_cpu_shapes():
     out = eva.generate([req])
     assert out[0].error is None
     assert model.ced_processor.alpha.dtype == torch.float32
+
+
+def test_gpu_benchmark_script_runs_tiny(capsys):
+    """bench/bench_eva_gpu.py has only ever run where a GPU is lent; --tiny runs its whole code path here."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_eva_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_eva_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--tiny", "--batches", "1", "2", "--new-tokens", "2", "--seconds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "not a measurement" in lines[0] and "13 audio tokens" in lines[0]
+    rows = [ln for ln in lines if ln.startswith("B=")]
+    assert [r.split()[0:2] for r in rows] == [["B=", "1"], ["B=", "2"]]
+    assert all("of prefill" in r and "tok/s (" in r for r in rows)
+    assert rows[1].split("tok/s (")[1].startswith("4 tokens")  # 2 clips x 2 new tokens each
+
