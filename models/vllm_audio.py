@@ -255,6 +255,44 @@ def _output_result(o: Any) -> dict[str, Any]:
     }}
 
 
+def _error(e: Exception) -> dict[str, Any]:
+    return {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+
+
+def generate_isolated(llm: Any, inputs: list[Any], params: list[dict[str, Any]], make_params: Callable[..., Any],
+                      to_result: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    """`llm.generate` over all inputs in one call, one result per input. A request whose settings vLLM
+    refuses when its SamplingParams is built (temperature > 2, top_p outside (0, 1], ...) becomes that
+    request's {"error"}; if the batch call raises, the requests are retried one at a time so only the
+    failing ones become errors. make_params(**params[i]) builds request i's SamplingParams."""
+    results: list[dict[str, Any] | None] = [None] * len(inputs)
+    ok, todo, sps = [], [], []
+    for i, (x, kw) in enumerate(zip(inputs, params, strict=True)):
+        try:
+            sps.append(make_params(**kw))
+        except Exception as e:
+            results[i] = _error(e)
+            continue
+        ok.append(i)
+        todo.append(x)
+    if not todo:
+        return results  # type: ignore[return-value]
+    try:
+        for i, o in zip(ok, llm.generate(todo, sps, use_tqdm=False), strict=True):
+            results[i] = to_result(o)
+        return results  # type: ignore[return-value]
+    except Exception as e:
+        if len(todo) == 1:  # nothing to isolate: this request is the one the engine rejected
+            results[ok[0]] = _error(e)
+            return results  # type: ignore[return-value]
+    for i, x, sp in zip(ok, todo, sps):
+        try:
+            results[i] = to_result(llm.generate([x], [sp], use_tqdm=False)[0])
+        except Exception as e:
+            results[i] = _error(e)
+    return results  # type: ignore[return-value]
+
+
 class LocalEngine:
     """One vllm.LLM in this process."""
 
@@ -275,34 +313,7 @@ class LocalEngine:
 
     def run(self, inputs: list[dict[str, Any]], params: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One result per input: {"text", "extra"} or {"error"}."""
-        if not inputs:
-            return []
-        results: list[dict[str, Any] | None] = [None] * len(inputs)
-        idx, sp = [], []
-        for i, p in enumerate(params):
-            try:  # vLLM validates here (e.g. temperature <= 2, 0 < top_p <= 1): that request's error only
-                sp.append(self._vllm.SamplingParams(**p))
-                idx.append(i)
-            except Exception as e:
-                results[i] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
-        todo = [inputs[i] for i in idx]
-        if not todo:
-            return results  # type: ignore[return-value]
-        try:
-            outs = self.llm.generate(todo, sp, use_tqdm=False)
-            for i, o in zip(idx, outs):
-                results[i] = _output_result(o)
-            return results  # type: ignore[return-value]
-        except Exception as e:
-            if len(todo) == 1:  # nothing to isolate: this request is the one the engine rejected
-                results[idx[0]] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
-                return results  # type: ignore[return-value]
-        for i, x, p in zip(idx, todo, sp):  # isolate the failing request(s)
-            try:
-                results[i] = _output_result(self.llm.generate([x], [p], use_tqdm=False)[0])
-            except Exception as e:
-                results[i] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
-        return results  # type: ignore[return-value]
+        return generate_isolated(self.llm, inputs, params, self._vllm.SamplingParams, _output_result)
 
     def close(self) -> None:
         self.llm = None

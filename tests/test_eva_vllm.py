@@ -20,16 +20,36 @@ from test_eva_model import TOK, enc_text, request, semantic, tiny_kimi, wave  # 
 torch.set_num_threads(1)
 
 FAKE_VLLM = textwrap.dedent('''
-    """A stand-in for vllm: records registrations, engine kwargs and generate inputs."""
+    """A stand-in for vllm (interface of vLLM 0.33): records registrations, engine kwargs and generate
+    inputs, and rejects what the real one rejects."""
     from types import SimpleNamespace
+
+    # a subset of vllm.EngineArgs' fields (a dataclass: any other keyword is a TypeError)
+    _ENGINE_ARGS = {"model", "tokenizer", "skip_tokenizer_init", "enable_prompt_embeds", "trust_remote_code",
+                    "tensor_parallel_size", "pipeline_parallel_size", "dtype", "seed", "max_model_len",
+                    "gpu_memory_utilization", "enforce_eager", "hf_overrides", "revision", "max_num_seqs",
+                    "limit_mm_per_prompt", "distributed_executor_backend", "max_num_batched_tokens"}
+    # vllm.SamplingParams' fields (a msgspec.Struct: any other keyword is a TypeError)
+    _SAMPLING = {"n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p",
+                 "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens", "min_tokens",
+                 "logprobs", "prompt_logprobs", "detokenize", "skip_special_tokens",
+                 "spaces_between_special_tokens", "include_stop_str_in_output", "bad_words", "logit_bias",
+                 "allowed_token_ids", "extra_args"}
 
 
     class _Registry:
         def __init__(self):
             self.calls = []
 
-        def register_model(self, arch, cls):
-            self.calls.append((arch, cls))
+        def register_model(self, model_arch, model_cls):
+            if not isinstance(model_arch, str):
+                raise TypeError(model_arch)
+            if isinstance(model_cls, str) and len(model_cls.split(":")) != 2:
+                raise ValueError("Expected a string in the format `<module>:<class>`")
+            self.calls.append((model_arch, model_cls))
+
+        def get_supported_archs(self):
+            return {a for a, _ in self.calls}
 
 
     ModelRegistry = _Registry()
@@ -37,61 +57,88 @@ FAKE_VLLM = textwrap.dedent('''
 
     class SamplingParams:
         def __init__(self, **kw):
+            bad = set(kw) - _SAMPLING
+            if bad:
+                raise TypeError(f"Unexpected keyword argument {sorted(bad)[0]!r}")
+            if not 0.0 <= kw.get("temperature", 1.0) <= 2.0 or not 0.0 < kw.get("top_p", 1.0) <= 1.0:
+                raise ValueError("temperature must be in [0, 2] and top_p in (0, 1]")
+            if kw.get("top_k", 0) < -1 or (kw.get("max_tokens") or 1) < 1:
+                raise ValueError("bad top_k / max_tokens")
             self.kw = kw
 
 
     class LLM:
         instances = []
 
-        def __init__(self, **kw):
-            self.kw = kw
+        def __init__(self, model, **kw):
+            if not isinstance(model, str):
+                raise TypeError("model must be a str")
+            bad = set(kw) - _ENGINE_ARGS
+            if bad:
+                raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument {sorted(bad)[0]!r}")
+            self.kw = dict(kw, model=model)
             self.calls = []
             LLM.instances.append(self)
 
-        def generate(self, inputs, params, use_tqdm=True):
-            self.calls.append((list(inputs), list(params)))
+        def generate(self, prompts, sampling_params=None, *, use_tqdm=True, lora_request=None, priority=None):
+            inputs = list(prompts)
+            params = list(sampling_params)
+            assert len(params) == len(inputs) and all(isinstance(p, SamplingParams) for p in params)
+            self.calls.append((inputs, params))
             outs = []
             for x, p in zip(inputs, params):
+                if not self.kw.get("enable_prompt_embeds"):
+                    raise ValueError("You must set `--enable-prompt-embeds` to input `prompt_embeds`.")
                 e = x["prompt_embeds"]
+                if e.ndim == 3:  # a batch of one is squeezed, as vLLM's renderer does
+                    e = e.squeeze(0)
+                if e.ndim != 2:
+                    raise ValueError("prompt_embeds must be of shape (seq_len, hidden_size).")
                 if e.shape[0] == 13:  # the "bad" prompt
                     raise ValueError("prompt longer than max_model_len")
                 ids = [e.shape[0], 3, 4] + list(p.kw["stop_token_ids"][:1]) + [99]
-                out = SimpleNamespace(token_ids=ids, finish_reason="stop", text="")
+                out = SimpleNamespace(index=0, token_ids=ids, finish_reason="stop", text="")
                 outs.append(SimpleNamespace(prompt_token_ids=None, outputs=[out]))
             return outs
 ''')
 
 FAKE_QWEN2 = textwrap.dedent('''
-    """A stand-in for vllm.model_executor.models.qwen2: the parts the EvA subclass relies on."""
-    from types import SimpleNamespace
-
+    """A stand-in for vllm.model_executor.models.qwen2 (vLLM 0.33): the parts the EvA subclass relies on."""
     import torch
     from torch import nn
 
 
-    class _Inner(nn.Module):
-        def __init__(self, vocab, hidden):
+    class Qwen2Model(nn.Module):
+        def __init__(self, *, vllm_config, prefix=""):
             super().__init__()
-            self.embed_tokens = nn.Embedding(vocab, hidden)
+            config = vllm_config.model_config.hf_config.get_text_config()
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
 
         def embed_input_ids(self, input_ids):  # the plain embedding (no text blank)
             return self.embed_tokens(input_ids)
 
+        def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None):
+            if inputs_embeds is not None:
+                return inputs_embeds
+            return self.embed_input_ids(input_ids)
+
 
     class Qwen2ForCausalLM(nn.Module):
-        def __init__(self, *, vllm_config=None, prefix=""):
+        def __init__(self, *, vllm_config, prefix=""):
             super().__init__()
-            self.config = vllm_config
-            self.model = _Inner(vllm_config.vocab_size, vllm_config.hidden_size)
+            self.config = vllm_config.model_config.hf_config.get_text_config()
+            self.model = Qwen2Model(vllm_config=vllm_config, prefix="model")
             self.seen = []
 
-        def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None):
-            if inputs_embeds is None:
-                inputs_embeds = self.model.embed_input_ids(input_ids)
-            self.seen.append(inputs_embeds)
-            return inputs_embeds
+        def embed_input_ids(self, input_ids):
+            return self.model.embed_input_ids(input_ids)
 
-        def load_weights(self, weights):
+        def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None):
+            hidden = self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
+            self.seen.append(hidden)
+            return hidden
+
+        def load_weights(self, weights):  # AutoWeightsLoader: the set of loaded parameter names
             return {name for name, _ in weights}
 ''')
 
@@ -201,15 +248,26 @@ def test_subclass_registration_and_decode_embedding(fake_vllm):
 
     from types import SimpleNamespace
 
+    class HfConfig(SimpleNamespace):  # hf_overrides land on the hf config; Qwen2 reads get_text_config()
+        def get_text_config(self):
+            return self
+
+    def vllm_config(**hf):
+        return SimpleNamespace(model_config=SimpleNamespace(hf_config=HfConfig(**hf)))
+
     torch.manual_seed(0)
-    cfg = SimpleNamespace(vocab_size=64, hidden_size=8, tie_word_embeddings=False, eva_text_blank_id=40)
-    m = cls(vllm_config=cfg)
+    m = cls(vllm_config=vllm_config(vocab_size=64, hidden_size=8, tie_word_embeddings=False, eva_text_blank_id=40))
     emb = m.model.embed_tokens
     ids = torch.tensor([1, 2, 3])
     want = emb(ids) + emb.weight[40]
     assert torch.equal(m.embed_input_ids(ids), want)  # vLLM >= 0.11.1 name
     assert torch.equal(m.get_input_embeddings(ids), want)  # older name
-    # decode step through forward with token ids: the blank is added
+    # what vLLM's GPU model runner does with prompt embeds enabled: it embeds the (generated) token ids with
+    # model.embed_input_ids(input_ids=...), then calls forward with input_ids=None and inputs_embeds
+    step = m.embed_input_ids(input_ids=ids)
+    assert torch.equal(m(input_ids=None, positions=torch.arange(3), intermediate_tensors=None,
+                         inputs_embeds=step), want)
+    # forward with token ids only (never with prompt embeds enabled): the blank is still added
     assert torch.equal(m(ids, torch.arange(3)), want)
     # prefill with prompt embeddings: used unchanged
     pe = torch.randn(5, 8)
@@ -219,7 +277,7 @@ def test_subclass_registration_and_decode_embedding(fake_vllm):
                              ("model.vq_adaptor.layers.0.weight", 0), ("lm_head.weight", 0), ("mimo_output.weight", 0)])
     assert loaded == {"model.layers.0.mlp.up_proj.weight", "lm_head.weight"}
     # without the override the confirmed text blank id is used
-    m2 = cls(vllm_config=SimpleNamespace(vocab_size=151670, hidden_size=2))
+    m2 = cls(vllm_config=vllm_config(vocab_size=151670, hidden_size=2))
     assert m2._eva_text_blank() == 151666
 
 
@@ -302,6 +360,51 @@ def test_engine_errors_become_per_request_errors(fake_vllm):
     ref = AudioRef(array=wave(0.5, 0), sample_rate=16000)
     out2 = eva2.generate([request("p", ref, "fine"), request("q", ref, "boom!")])
     assert out2[0].error is None and out2[1].error and "bad clip" in out2[1].error
+
+
+def test_run_prompts_isolates_refused_sampling_params(fake_vllm):
+    prompts, params = vllm_prompts([torch.randn(4, 8), torch.randn(5, 8), torch.randn(6, 8)], tokens=TOK,
+                                   max_new_tokens=4)
+    llm = fake_vllm.LLM("/snap/kimi", enable_prompt_embeds=True)
+    hot = dict(params, temperature=5.0)  # vLLM refuses temperature > 2 when SamplingParams is built
+    out = vp.run_prompts(llm, prompts, [params, hot, params], vllm=fake_vllm)
+    assert "error" not in out[0] and "error" not in out[2]
+    assert "temperature" in out[1]["error"]
+    assert out[0]["token_ids"][0] == 4 and out[2]["token_ids"][0] == 6  # each result is its own prompt's
+    assert [len(c[0]) for c in llm.calls] == [2]  # the valid two still go in one call
+    assert vp.run_prompts(llm, prompts[:1], [hot], vllm=fake_vllm)[0]["error"]
+
+
+def test_vllm_plugin_registers_lazily_and_never_raises(fake_vllm, caplog):
+    vp.vllm_plugin()
+    assert fake_vllm.ModelRegistry.calls == [(vp.EVA_ARCH, "evalkit.models.eva.vllm_path:EvAKimiaForCausalLM")]
+    assert "vllm.model_executor.models.qwen2" not in sys.modules  # nothing imported for other vLLM users
+    vp.vllm_plugin()  # vLLM calls plugins once per process, possibly many times on a machine
+    assert len(fake_vllm.ModelRegistry.calls) == 1
+    module, name = fake_vllm.ModelRegistry.calls[0][1].split(":")
+    cls = getattr(importlib.import_module(module), name)  # what vLLM does when a run asks for the arch
+    from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
+
+    assert issubclass(cls, Qwen2ForCausalLM) and cls is vp.model_class(fake_vllm)
+    assert vp.register_eva_model(fake_vllm) is cls  # in-process registration: the same class object
+    with pytest.raises(AttributeError):
+        vp.NotAModel  # noqa: B018
+
+    def broken(*a, **k):
+        raise RuntimeError("registry exploded")
+
+    fake_vllm.ModelRegistry.get_supported_archs = lambda: set()
+    fake_vllm.ModelRegistry.register_model = broken
+    with caplog.at_level("WARNING"):
+        vp.vllm_plugin()  # logged, not raised: vLLM start-up must not break
+    assert "registry exploded" in caplog.text
+
+
+def test_vllm_plugin_entry_point_is_installed():
+    from importlib.metadata import entry_points
+
+    eps = [e for e in entry_points(group="vllm.general_plugins") if e.name == "evalkit_eva"]
+    assert len(eps) == 1 and eps[0].load() is vp.vllm_plugin
 
 
 def test_embed_only_keeps_embeddings_identical():

@@ -10,13 +10,33 @@ import pytest
 from evalkit.types import AudioRef, GenerationConfig, Request
 
 FAKE_VLLM = textwrap.dedent('''
-    """A stand-in for vllm: LLM.generate echoes what reached it."""
+    """A stand-in for vllm (interface of vLLM 0.33): LLM.generate echoes what reached it."""
+    import multiprocessing
     import os
     from types import SimpleNamespace
+
+    # a subset of vllm.EngineArgs' fields (a dataclass: any other keyword is a TypeError)
+    _ENGINE_ARGS = {"model", "revision", "tokenizer", "trust_remote_code", "tensor_parallel_size",
+                    "pipeline_parallel_size", "distributed_executor_backend", "dtype", "seed", "max_model_len",
+                    "gpu_memory_utilization", "enforce_eager", "limit_mm_per_prompt", "max_num_seqs",
+                    "max_num_batched_tokens", "hf_overrides", "skip_tokenizer_init", "enable_prompt_embeds"}
+    # vllm.SamplingParams' fields (a msgspec.Struct: any other keyword is a TypeError)
+    _SAMPLING = {"n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p",
+                 "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens", "min_tokens",
+                 "logprobs", "prompt_logprobs", "detokenize", "skip_special_tokens",
+                 "spaces_between_special_tokens", "include_stop_str_in_output", "bad_words", "logit_bias",
+                 "allowed_token_ids", "extra_args"}
 
 
     class SamplingParams:
         def __init__(self, **kw):
+            bad = set(kw) - _SAMPLING
+            if bad:
+                raise TypeError(f"Unexpected keyword argument {sorted(bad)[0]!r}")
+            if not 0.0 <= kw.get("temperature", 1.0) <= 2.0:  # as vLLM validates
+                raise ValueError(f"temperature must be in [0, 2], got {kw['temperature']}.")
+            if not 0.0 < kw.get("top_p", 1.0) <= 1.0 or kw.get("top_k", 0) < -1 or (kw.get("max_tokens") or 1) < 1:
+                raise ValueError("bad top_p / top_k / max_tokens")
             self.kw = kw
 
 
@@ -28,8 +48,17 @@ FAKE_VLLM = textwrap.dedent('''
     class LLM:
         instances = []
 
-        def __init__(self, **kw):
-            self.kw = kw
+        def __init__(self, model, **kw):
+            if not isinstance(model, str):
+                raise TypeError("model must be a str")
+            bad = set(kw) - _ENGINE_ARGS
+            if bad:
+                raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument {sorted(bad)[0]!r}")
+            # vLLM starts its EngineCore in a child process (a daemonic parent may not have one)
+            proc = multiprocessing.get_context("fork").Process(target=int)
+            proc.start()
+            proc.join()
+            self.kw = dict(kw, model=model)
             self.calls = []
             LLM.instances.append(self)
             mt = os.environ.get("FAKE_VLLM_MODEL_TYPE")
@@ -38,7 +67,11 @@ FAKE_VLLM = textwrap.dedent('''
         def get_tokenizer(self):
             return _Tok()
 
-        def generate(self, inputs, params, use_tqdm=True):
+        # (vLLM's use_tqdm is keyword-only; test_adapter_contract.py's wrapper passes it by position)
+        def generate(self, prompts, sampling_params=None, use_tqdm=True, *, lora_request=None, priority=None):
+            inputs = list(prompts)
+            params = list(sampling_params)
+            assert len(params) == len(inputs) and all(isinstance(p, SamplingParams) for p in params)
             self.calls.append(len(inputs))
             if any("BOOM" in x["prompt"] for x in inputs):
                 raise ValueError("prompt longer than max_model_len")
@@ -48,7 +81,7 @@ FAKE_VLLM = textwrap.dedent('''
                 desc = ";".join(f"{len(a)}@{sr}:{float(abs(a).max()):.2f}" for a, sr in audio)
                 text = (f"audio=[{desc}] pid={os.getpid()} dev={os.environ.get('CUDA_VISIBLE_DEVICES')} "
                         f"temp={p.kw['temperature']} prompt={x['prompt']}")
-                out = SimpleNamespace(text=text, token_ids=[1, 2, 3], finish_reason="stop")
+                out = SimpleNamespace(index=0, text=text, token_ids=[1, 2, 3], finish_reason="stop")
                 outs.append(SimpleNamespace(prompt_token_ids=[0] * 5, outputs=[out]))
             return outs
 ''')
@@ -204,6 +237,14 @@ def test_failing_prompt_isolated(fake_vllm, va):
     out = m.generate([req("a"), req("b", text="BOOM"), req("c")])
     assert out[0].error is None and out[2].error is None
     assert "max_model_len" in out[1].error
+
+
+def test_invalid_sampling_params_isolated(fake_vllm, va):
+    m = va.VLLMAudio(va.VLLMConfig(model="Qwen/Qwen2-Audio-7B-Instruct"))
+    out = m.generate([req("a"), req("hot", gen=GenerationConfig(temperature=3.0)), req("c")])
+    assert out[0].error is None and out[2].error is None
+    assert "temperature" in out[1].error
+    assert sys.modules["vllm"].LLM.instances[-1].calls == [2]  # the others still go in one batch
 
 
 def test_model_type_picks_family(fake_vllm, va, monkeypatch):

@@ -21,8 +21,8 @@ Registration. The class is registered with `vllm.ModelRegistry.register_model` u
 through the plugin entry point, on the machine) runs, and a process that missed our registration would
 silently run vLLM's. An unknown name fails loudly instead. Registration lives in the process that calls it:
 vLLM processes started by fork inherit it, spawned ones do not. The adapter therefore builds the engine
-before it touches CUDA (vLLM forks while CUDA is uninitialised). For spawned workers, `register_eva_model`
-also fits a `vllm.general_plugins` entry point.
+before it touches CUDA (vLLM forks while CUDA is uninitialised). For spawned workers, `vllm_plugin` is a
+`vllm.general_plugins` entry point: a lazy `module:class` registration that imports nothing and never raises.
 
 Importing this module imports neither torch nor vllm.
 """
@@ -96,7 +96,9 @@ def engine_kwargs(model_path: str | None, *, tensor_parallel_size: int = 1, max_
         # explicit -M trust_remote_code=true the Kimi tokenizer needs
         "trust_remote_code": bool(trust_remote_code),
         "seed": int(seed),
-        "skip_tokenizer_init": True,  # evalkit decodes with Kimi's tokenizer (unverified with prompt embeds)
+        # evalkit decodes with Kimi's tokenizer. vLLM 0.33 needs none for prompt embeds (renderers/base.py
+        # _process_embeds); EOS is then None and stops come only from stop_token_ids (v1/core/sched/utils.py)
+        "skip_tokenizer_init": True,
         "hf_overrides": {"architectures": [EVA_ARCH], TEXT_BLANK_KEY: int(text_blank)},
     }
     if max_model_len is not None:
@@ -169,21 +171,53 @@ def build_model_class(base: type | None = None) -> type:
 
 
 _REGISTERED: dict[int, type] = {}
+_CLASSES: dict[int, type] = {}
+LAZY_CLASS = f"{__name__}:{EVA_ARCH}"  # resolved by this module's __getattr__
+
+
+def model_class(vllm: Any = None) -> type:
+    """The EvA LLM class for this vllm module (built once: registration and lazy lookup share it)."""
+    vllm = vllm or require_vllm()
+    if id(vllm) not in _CLASSES:
+        from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
+
+        _CLASSES[id(vllm)] = build_model_class(Qwen2ForCausalLM)
+    return _CLASSES[id(vllm)]
+
+
+def __getattr__(name: str) -> Any:  # `module:EvAKimiaForCausalLM`, vLLM's lazy registration form
+    if name == EVA_ARCH:
+        return model_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_eva_model(vllm: Any = None) -> type:
-    """Register the EvA LLM class with vLLM (idempotent per vllm module). Usable as a
-    `vllm.general_plugins` entry point (called with no argument)."""
+    """Register the EvA LLM class with vLLM in this process (idempotent per vllm module)."""
     vllm = vllm or require_vllm()
     key = id(vllm)
     if key not in _REGISTERED:
-        from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
-
-        cls = build_model_class(Qwen2ForCausalLM)
+        cls = model_class(vllm)
         for arch in ARCHITECTURES:
             vllm.ModelRegistry.register_model(arch, cls)
         _REGISTERED[key] = cls
     return _REGISTERED[key]
+
+
+def vllm_plugin() -> None:
+    """The `vllm.general_plugins` entry point: vLLM calls it in every process it starts, for every user of
+    vLLM on a machine where evalkit is installed. So it registers the class lazily (`module:class`, nothing
+    imported until a run asks for EvAKimiaForCausalLM) and never raises: a failure here is logged and
+    only an EvA run (which also registers in-process) can be affected."""
+    try:
+        from vllm import ModelRegistry
+
+        if EVA_ARCH not in ModelRegistry.get_supported_archs():
+            ModelRegistry.register_model(EVA_ARCH, LAZY_CLASS)
+    except Exception as e:  # noqa: BLE001 (must not break vLLM start-up for unrelated models)
+        import logging
+
+        logging.getLogger(__name__).warning("evalkit's vLLM plugin could not register %s: %s: %s",
+                                            EVA_ARCH, type(e).__name__, e)
 
 
 class EvAVLLMEngine:
@@ -225,21 +259,11 @@ def run_prompts(llm: Any, prompts: list[dict[str, Any]], params: dict[str, Any] 
         raise ValueError(f"{len(prompts)} prompts but {len(plist)} parameter sets")
     stop_set = {int(t) for t in (stops if stops is not None else
                                  {t for p in plist for t in (p.get("stop_token_ids") or [])})}
+    from evalkit.models.vllm_audio import generate_isolated
+
     inputs = [{"prompt_embeds": _cpu(p["prompt_embeds"])} for p in prompts]
-    sps = [vllm.SamplingParams(**sampling_kwargs(p)) for p in plist]
-    try:
-        outs = llm.generate(inputs, sps, use_tqdm=False)
-        return [_result(o, stop_set) for o in outs]
-    except Exception as e:
-        if len(inputs) == 1:
-            return [{"error": f"{type(e).__name__}: {str(e)[:500]}"}]
-    results = []
-    for x, sp in zip(inputs, sps):
-        try:
-            results.append(_result(llm.generate([x], [sp], use_tqdm=False)[0], stop_set))
-        except Exception as e:
-            results.append({"error": f"{type(e).__name__}: {str(e)[:500]}"})
-    return results
+    return generate_isolated(llm, inputs, [sampling_kwargs(p) for p in plist], vllm.SamplingParams,
+                             lambda o: _result(o, stop_set))
 
 
 def _cpu(t):
