@@ -77,6 +77,9 @@ _NAME_PATTERNS: tuple[tuple[str, str], ...] = (
 _MODEL_TYPES = {"qwen2_audio": "qwen2_audio", "qwen2_5_omni": "qwen2_5_omni",
                 "qwen2_5_omni_thinker": "qwen2_5_omni", "ultravox": "ultravox"}
 
+#: families whose models also take images and videos
+_VISION_FAMILIES = frozenset({"qwen2_5_omni"})
+
 ChatTemplate = Callable[[list[dict[str, str]]], str]
 
 
@@ -229,10 +232,16 @@ def sampling_kwargs(g: GenerationConfig) -> dict[str, Any]:
 
 def engine_kwargs(c: VLLMConfig) -> dict[str, Any]:
     """vllm.LLM(**kwargs) for one engine (one data-parallel rank)."""
+    limits = dict(c.limit_mm_per_prompt)
+    if (c.family if c.family != "auto" else detect_family(c.model)) in _VISION_FAMILIES:
+        # audio-only evaluation: an unset modality means 999 items to vLLM, whose memory profiling would then
+        # reserve room for images and videos (vLLM's own audio example sets both to 0)
+        for modality in ("image", "video"):
+            limits.setdefault(modality, 0)
     kw: dict[str, Any] = {
         "model": c.model, "revision": c.revision, "tensor_parallel_size": c.tensor_parallel_size,
         "pipeline_parallel_size": c.pipeline_parallel_size, "gpu_memory_utilization": c.gpu_memory_utilization,
-        "dtype": c.dtype, "limit_mm_per_prompt": dict(c.limit_mm_per_prompt),
+        "dtype": c.dtype, "limit_mm_per_prompt": limits,
         "trust_remote_code": c.trust_remote_code, "enforce_eager": c.enforce_eager, "seed": c.seed,
     }
     if c.max_model_len is not None:

@@ -213,6 +213,12 @@ def test_sampling_and_engine_kwargs(va):
     assert kw["tensor_parallel_size"] == 4 and kw["distributed_executor_backend"] == "ray"
     assert kw["max_model_len"] == 4096 and kw["max_num_seqs"] == 32 and kw["trust_remote_code"] is False
     assert kw["limit_mm_per_prompt"] == {"audio": 1} and "revision" not in kw
+    # Qwen2.5-Omni also takes images and videos: audio-only runs leave them at 0 unless asked otherwise
+    omni = va.engine_kwargs(va.VLLMConfig(model="Qwen/Qwen2.5-Omni-7B"))
+    assert omni["limit_mm_per_prompt"] == {"audio": 1, "image": 0, "video": 0}
+    mine = va.engine_kwargs(va.VLLMConfig(model="/local/omni", family="qwen2_5_omni",
+                                          limit_mm_per_prompt={"audio": 2, "image": 1}))
+    assert mine["limit_mm_per_prompt"] == {"audio": 2, "image": 1, "video": 0}
 
 
 # ---- execution against the fake vllm ----------------------------------------------------------
