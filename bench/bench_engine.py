@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from common import register
-from evalkit.models.base import AdapterConfig, Model
 
+from evalkit.models.base import AdapterConfig, Model
 from evalkit.runner import RunSpec, run_task
 from evalkit.types import Response
 

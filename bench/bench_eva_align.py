@@ -9,6 +9,7 @@ import math
 import time
 
 import torch
+
 from evalkit.models.eva.align import align_to_tokens
 
 

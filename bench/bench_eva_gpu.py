@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available() and not args.tiny:
         print("bench_eva_gpu: no CUDA device; this benchmark needs a GPU (about 20 GB for the bf16 7B LLM)")
         return 0
+    from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
     from evalkit.models.eva.ced import CEDConfig, CEDEncoder
     from evalkit.models.eva.fusion import CEDProcessor
     from evalkit.models.eva.kimi import (
@@ -40,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         VQAdaptor,
         WhisperFrontEnd,
     )
-    from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     cuda = torch.cuda.is_available()
     dev, bf = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)

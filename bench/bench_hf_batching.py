@@ -36,12 +36,13 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from evalkit.models.hf_audio import HFAudioLM
     from test_hf_audio import (  # the tests' tiny-model builder
         build_tiny_qwen2_audio,
         clip,
         request,
     )
+
+    from evalkit.models.hf_audio import HFAudioLM
 
     with tempfile.TemporaryDirectory() as tmp:
         path = build_tiny_qwen2_audio(Path(tmp) / "tiny")

@@ -20,12 +20,12 @@ import time
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
-import numpy as np
+import numpy as np  # noqa: E402 (after the thread settings above)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from evalkit import mixing
-from evalkit.audio import resample
+from evalkit import mixing  # noqa: E402
+from evalkit.audio import resample  # noqa: E402
 
 SNRS = [math.inf, 10.0, 5.0, 0.0, -5.0, -10.0, -math.inf]
 SR = 44100

@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from evalkit.models.openai_compat import OpenAICompatible, OpenAIConfig  # noqa: E402
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
 
+from evalkit.models.openai_compat import OpenAICompatible, OpenAIConfig  # noqa: E402
 from evalkit.types import AudioRef, GenerationConfig, Request  # noqa: E402
 
 

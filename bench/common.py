@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evalkit.tasks.base import LoadedData, MCQTask, hash_files
-
 from evalkit import registry
+from evalkit.tasks.base import LoadedData, MCQTask, hash_files
 from evalkit.types import AudioRef, Sample
 
 

@@ -43,7 +43,7 @@ def resample(x, sr_in: int, sr_out: int):
     return soxr.resample(x, sr_in, sr_out, quality="HQ")
 
 
-def decode_audio(ref: "AudioRef", sample_rate: int | None = None):
+def decode_audio(ref: AudioRef, sample_rate: int | None = None):
     """(float32 mono array, rate) for an AudioRef; raises AudioError naming the source."""
     import numpy as np
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 _CHUNK = 500  # sqlite variables per IN (...) query
 

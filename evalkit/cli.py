@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -60,8 +60,14 @@ class RichProgress:
         self.errors = 0
 
     def start(self, task: str, total: int, done: int) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.errors = 0
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -119,16 +125,16 @@ def results_table(results) -> Table:
 def run(
     model: str = typer.Option(..., "--model", "-m", help="Adapter name (see `evalkit list models`)."),
     task: list[str] = typer.Option(..., "--task", "-t", help="Task name; repeat for several tasks."),
-    model_arg: Optional[list[str]] = typer.Option(None, "--model-arg", "-M", help="Adapter setting key=value."),
-    task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", "-T",
+    model_arg: list[str] | None = typer.Option(None, "--model-arg", "-M", help="Adapter setting key=value."),
+    task_arg: list[str] | None = typer.Option(None, "--task-arg", "-T",
                                                  help="Task setting key=value, e.g. data=PATH, audio_root=DIR; "
                                                       "prefix with the task name (mmau.data=PATH) when running several."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N samples of each task."),
-    shard: Optional[str] = typer.Option(None, help="Run shard I/N (every N-th sample, from the I-th; 1-based)."),
+    limit: int | None = typer.Option(None, help="Only the first N samples of each task."),
+    shard: str | None = typer.Option(None, help="Run shard I/N (every N-th sample, from the I-th; 1-based)."),
     choices: str = typer.Option("balanced", help="Choice order: balanced (gold spread evenly over positions), "
                                                  "original (upstream order) or circular (every rotation)."),
     seed: int = typer.Option(0, help="Seed for choice shuffling and generation."),
-    batch_size: Optional[int] = typer.Option(None, help="Requests per adapter call (default: the adapter's)."),
+    batch_size: int | None = typer.Option(None, help="Requests per adapter call (default: the adapter's)."),
     max_new_tokens: int = typer.Option(512, help="Generation length limit."),
     temperature: float = typer.Option(0.0, help="Sampling temperature (0 = greedy)."),
     no_audio: bool = typer.Option(False, "--no-audio", help="Ablation: drop all audio from the requests."),
@@ -163,7 +169,7 @@ def run(
             except KeyboardInterrupt:
                 console.print("\n[yellow]interrupted.[/yellow] Every finished sample is saved. "
                               "Run the same command again to resume:\n  " + " ".join(sys.argv))
-                raise typer.Exit(130)
+                raise typer.Exit(130) from None
             results.append(result)
             out.print(f"run directory: {result.run_dir}")
             for w in result.run["task"]["warnings"][:5]:
@@ -211,8 +217,7 @@ def list_(what: str = typer.Argument("tasks", help="tasks or models")) -> None:
 @app.command()
 def score(run_dir: Path = typer.Argument(..., help="A run directory (holds run.json and samples.jsonl).")) -> None:
     """Re-score a finished run from its samples.jsonl without calling the model."""
-    from evalkit.runner import rescore
-    from evalkit.runner import RunResult
+    from evalkit.runner import RunResult, rescore
 
     try:
         run = rescore(run_dir)
@@ -244,7 +249,7 @@ def leaderboard(
 def check(
     run_dir: Path = typer.Argument(..., help="The run to check."),
     baseline: Path = typer.Option(..., help="Baseline run directory, run.json or leaderboard JSON."),
-    tolerance: Optional[float] = typer.Option(None, help="Allowed drop in metric units; default: paired test."),
+    tolerance: float | None = typer.Option(None, help="Allowed drop in metric units; default: paired test."),
 ) -> None:
     """Exit 1 when a metric dropped beyond tolerance (or significantly, by a paired test)."""
     from evalkit.check import check as run_check
@@ -273,11 +278,11 @@ def _print_build(summary: dict[str, Any]) -> None:
 def data_sseu(
     vctk: Path = typer.Option(..., help="VCTK root (wav48_silence_trimmed/ + txt/, or wav48/ + txt/)."),
     out_dir: Path = typer.Option(..., "--out", help="Output folder (clips/, manifest.jsonl, sseu.json)."),
-    desed: Optional[Path] = typer.Option(None, help="DESED public evaluation set root (scene: home)."),
-    maestro: Optional[Path] = typer.Option(None, help="MAESTRO-Real development root (five scenes)."),
-    snr: Optional[list[str]] = typer.Option(None, help="SNR in dB, +inf or -inf; repeat (default: all seven)."),
+    desed: Path | None = typer.Option(None, help="DESED public evaluation set root (scene: home)."),
+    maestro: Path | None = typer.Option(None, help="MAESTRO-Real development root (five scenes)."),
+    snr: list[str] | None = typer.Option(None, help="SNR in dB, +inf or -inf; repeat (default: all seven)."),
     seed: int = typer.Option(0, help="Pairing and offsets seed."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N speech/background pairs."),
+    limit: int | None = typer.Option(None, help="Only the first N speech/background pairs."),
     event_classes: str = typer.Option("A", help="Event class list: A (default), B, or a TSV file."),
     stems: bool = typer.Option(False, help="Also write the speech and background parts of each clip."),
 ) -> None:
@@ -297,7 +302,7 @@ def data_sseu_synth(
     out_dir: Path = typer.Option(Path("data/sseu-synth"), "--out", help="Output folder."),
     seed: int = typer.Option(0, help="Seed for backgrounds and pairing."),
     pairs: int = typer.Option(12, help="Speech/background pairs (each at every SNR)."),
-    snr: Optional[list[str]] = typer.Option(None, help="SNR in dB, +inf or -inf; repeat (default: all seven)."),
+    snr: list[str] | None = typer.Option(None, help="SNR in dB, +inf or -inf; repeat (default: all seven)."),
 ) -> None:
     """Build the small SYNTHETIC offline set (espeak-ng speech + procedural scenes), in seconds."""
     from evalkit.sseu_build import SSEUBuildError, build_synthetic

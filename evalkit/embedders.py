@@ -17,8 +17,9 @@ openai SDK are imported lazily, on the first miss.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from evalkit.cache import KVCache, cache_dir
 

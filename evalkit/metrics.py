@@ -7,8 +7,9 @@ the interval is honest about correlated questions.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 N_BOOTSTRAP = 1000
 CONFIDENCE = 0.95
@@ -75,10 +76,9 @@ class Bootstrap:
             q = np.nanquantile(boot.astype(np.float64), [alpha, 1 - alpha], axis=0)
             for col, j in enumerate(where):
                 out[j]["ci"] = [float(q[0, col]), float(q[1, col])]
-        for j, o in enumerate(out):
+        for o, s in zip(out, scales, strict=True):
             if o["n"]:
-                r = lambda x: round(x * scales[j], 4)
-                o["value"], o["ci"] = r(o["value"]), [r(o["ci"][0]), r(o["ci"][1])]
+                o["value"], o["ci"] = round(o["value"] * s, 4), [round(o["ci"][0] * s, 4), round(o["ci"][1] * s, 4)]
         return out
 
     def mean_ci(self, values, mask=None, scale: float = 100.0) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from functools import lru_cache
+from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -56,7 +56,7 @@ def register_builtin(kind: str, name: str, target: str) -> None:
     table[name] = target
 
 
-@lru_cache(maxsize=None)
+@cache
 def _table(kind: str) -> dict[str, str]:
     table = dict(BUILTIN_TASKS if kind == "task" else BUILTIN_MODELS)
     group = "evalkit.tasks" if kind == "task" else "evalkit.models"

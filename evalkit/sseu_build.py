@@ -571,7 +571,7 @@ def _run(out: Path, meta: dict[str, Any], pairs: list[_Pair], snrs: list[tuple[s
     n_total = len(pairs) * len(snrs)
     n_built = 0
     with open(manifest_path, "a", encoding="utf-8") as mf:
-        for k, pair in enumerate(pairs):
+        for pair in pairs:
             todo = [(lab, val) for lab, val in snrs if f"{pair.pair_id}_snr{lab}" not in done]
             if not todo:
                 continue

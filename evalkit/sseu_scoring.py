@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 N_BOOT = 200
 CONFIDENCE = 0.95

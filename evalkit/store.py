@@ -11,8 +11,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 SAMPLES = "samples.jsonl"
 RUN = "run.json"
@@ -84,7 +85,7 @@ class RunStore:
     # -- locking ---------------------------------------------------------------
     def acquire(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        f = open(self.dir / LOCK, "a+")
+        f = open(self.dir / LOCK, "a+")  # noqa: SIM115 (held open: the flock lives as long as the run)
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -109,7 +110,7 @@ class RunStore:
             self._lock_file.close()
             self._lock_file = None
 
-    def __enter__(self) -> "RunStore":
+    def __enter__(self) -> RunStore:
         self.acquire()
         return self
 
@@ -124,7 +125,7 @@ class RunStore:
         """Append one batch of finished records and flush them to the OS, so a
         `kill -9` after this returns loses none of them."""
         if self._out is None:
-            self._out = open(self.samples_path, "a", encoding="utf-8")
+            self._out = open(self.samples_path, "a", encoding="utf-8")  # noqa: SIM115 (appended to per batch)
         self._out.write("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records))
         self._out.flush()
 

@@ -36,7 +36,7 @@ class Model:
         self.config = config
 
     @classmethod
-    def from_args(cls, args: dict[str, Any]) -> "Model":
+    def from_args(cls, args: dict[str, Any]) -> Model:
         return cls(cls.Config(**args))
 
     def generate(self, requests: list[Request]) -> list[Response]:

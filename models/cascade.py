@@ -50,10 +50,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
-from evalkit.models.base import AdapterConfig, Model
 from pydantic import Field, field_validator
 
 from evalkit.cache import KVCache, cache_dir
+from evalkit.models.base import AdapterConfig, Model
 from evalkit.types import AudioRef, GenerationConfig, Request, Response
 
 CAPTION_PROMPT = ("Describe the audio in detail: the sound sources, acoustic properties, temporal structure, "

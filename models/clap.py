@@ -122,7 +122,7 @@ class CLAP(Model):
         self._model.to(c.device).eval()
         return self._model, self._processor
 
-    def use(self, model, processor) -> "CLAP":
+    def use(self, model, processor) -> CLAP:
         """Use an already-built model and processor (tests, notebooks)."""
         self._model, self._processor = model.eval(), processor
         return self

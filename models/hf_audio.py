@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from pydantic import model_validator
+
 from evalkit.models.base import Model
 from evalkit.models.hf_common import (
     HFLoadError,
@@ -45,8 +47,6 @@ from evalkit.models.hf_common import (
     transformers_version,
     version_at_least,
 )
-from pydantic import model_validator
-
 from evalkit.types import Request, Response
 
 

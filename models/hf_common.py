@@ -21,9 +21,9 @@ import os
 from collections.abc import Callable
 from typing import Any, Literal
 
-from evalkit.models.base import AdapterConfig
 from pydantic import Field
 
+from evalkit.models.base import AdapterConfig
 from evalkit.types import GenerationConfig, Request
 
 HF_EXTRA = "pip install 'evalkit[hf]'"

@@ -27,9 +27,9 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar, Literal
 
-from evalkit.models.base import AdapterConfig, Model
 from pydantic import Field, model_validator
 
+from evalkit.models.base import AdapterConfig, Model
 from evalkit.types import GenerationConfig, Request, Response
 
 AUDIO_REFUSED = ("audio part sent to a text-only model: run the task with --no-audio (the explicit "

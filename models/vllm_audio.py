@@ -53,9 +53,9 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-from evalkit.models.base import AdapterConfig, Model
 from pydantic import Field
 
+from evalkit.models.base import AdapterConfig, Model
 from evalkit.types import GenerationConfig, Request, Response
 
 INSTALL_HINT = "pip install 'evalkit[vllm]'"

@@ -31,7 +31,6 @@ from evalkit.tasks.base import (
     TaskOptions,
     hash_files,
 )
-
 from evalkit.types import Sample
 
 CATEGORIES = ("Sound", "Paralinguistic", "Phonetic", "Music", "Audio Quality", "Technical")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -70,7 +71,7 @@ class Task:
         self.options = options or self.Options()
 
     @classmethod
-    def from_args(cls, args: dict[str, Any]) -> "Task":
+    def from_args(cls, args: dict[str, Any]) -> Task:
         return cls(cls.Options(**args))
 
     def load(self) -> LoadedData:

@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
+from evalkit.protocol.choices import LETTERS
 from evalkit.tasks.base import (
     LoadedData,
     MCQTask,
@@ -29,8 +30,6 @@ from evalkit.tasks.base import (
     TaskOptions,
     collapse_rotations,
 )
-
-from evalkit.protocol.choices import LETTERS
 from evalkit.types import AudioRef, Sample
 
 CLASSES = ("Bus", "Cafe", "Car", "CrowdedIndoor", "Elevator", "Kitchen", "Park", "ResidentialArea",

@@ -44,7 +44,6 @@ from evalkit.tasks.mmau import (
     record_name,
 )
 from evalkit.tasks.official import mmau_official
-
 from evalkit.types import Sample
 
 HUB_REPO = "BoJack/MMAR"

@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from evalkit.audio import UnsafePathError, resolve_under
 from evalkit.tasks.base import (
     HubTaskOptions,
     LoadedData,
@@ -38,8 +39,6 @@ from evalkit.tasks.base import (
     hash_files,
 )
 from evalkit.tasks.official import mmau_official
-
-from evalkit.audio import UnsafePathError, resolve_under
 from evalkit.types import AudioRef, Sample
 
 HUB_REPOS = {"test-mini": "gamma-lab-umd/MMAU-test-mini", "test": "gamma-lab-umd/MMAU-test"}
@@ -192,7 +191,7 @@ class MMAU(MCQTask):
         where = str(path)
         for i, rec in enumerate(items):
             s = self._sample(rec, i, where, warnings,
-                             audio=lambda rec, label: local_audio(root, get_field(rec, "audio_id", where, i),
+                             audio=lambda rec, label, i=i: local_audio(root, get_field(rec, "audio_id", where, i),
                                                                   where, label, "audio_id"))
             if s is not None:
                 samples.append(s)

@@ -24,8 +24,9 @@ format" left out of the denominator; see tasks/official.py).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from evalkit.tasks.base import (
     DEFAULT_MCQ_PROMPT,
@@ -36,7 +37,6 @@ from evalkit.tasks.base import (
     hash_files,
 )
 from evalkit.tasks.official import mmsu_official
-
 from evalkit.types import Sample
 
 HUB_REPO = "ddwang2000/MMSU"

@@ -30,10 +30,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, ClassVar
 
-from evalkit.tasks.base import LoadedData, Task, TaskDataError, TaskOptions, hash_files
-
 from evalkit.audio import UnsafePathError, resolve_under
 from evalkit.metrics import MetricSpec, mean_with_ci
+from evalkit.tasks.base import LoadedData, Task, TaskDataError, TaskOptions, hash_files
 from evalkit.types import AudioRef, Presentation, Sample
 
 SNR_ORDER = ["+inf", "10", "5", "0", "-5", "-10", "-inf"]

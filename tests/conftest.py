@@ -19,9 +19,8 @@ def shared_data(*parts: str) -> Path:
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
     """A 24-item toy MCQ task with real WAV files, plus the scripted adapter."""
-    import soundfile as sf
-
     import plugins
+    import soundfile as sf
 
     plugins.install(monkeypatch)
     audio_dir = tmp_path / "audio"

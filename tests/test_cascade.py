@@ -5,8 +5,8 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from evalkit.models.base import AdapterConfig, Model
 
+from evalkit.models.base import AdapterConfig, Model
 from evalkit.runner import RunSpec, run_task
 from evalkit.store import read_records
 from evalkit.types import AudioRef, Request, Response
@@ -192,13 +192,14 @@ def test_spec_syntax(env):
 def test_openai_pair_on_fake_server(env, monkeypatch):
     """Captioner and LLM both on the fake OpenAI server: the audio arrives as WAV, the LLM gets text."""
     pytest.importorskip("openai")
-    from evalkit.models.cascade import Cascade, CascadeConfig
     from fake_openai_server import (
         FakeOpenAIServer,
         audio_parts,
         decode_input_audio,
         text_of,
     )
+
+    from evalkit.models.cascade import Cascade, CascadeConfig
 
     def reply(body):
         if audio_parts(body):

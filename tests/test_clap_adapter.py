@@ -113,7 +113,7 @@ def test_sseu_scoring_uses_clap_scores(tiny_clap_dir, tmp_path, monkeypatch):
         for r in m.generate(reqs):
             assert r.error is None, r.error
             resp[r.key] = r
-        recs = records_for(task, d, lambda s: resp[s.id].text, lambda s: resp[s.id].extra)
+        recs = records_for(task, d, lambda s, resp=resp: resp[s.id].text, lambda s, resp=resp: resp[s.id].extra)
         res = task.aggregate(recs)
         assert res["metrics"][metric]["value"] is not None
         expected_mode = "tagging" if cls is SSEUAT else "scene"

@@ -15,12 +15,17 @@ pytest.importorskip("safetensors")
 from evalkit.models.eva import EvA, EvAWeightsError  # noqa: E402
 from evalkit.models.eva.aggregator import AudioAggregator, parse_bands  # noqa: E402
 from evalkit.models.eva.align import align_to_tokens  # noqa: E402
-from evalkit.models.eva.ced import (CEDConfig, CEDEncoder, htk_mel_filterbank, load_ced,  # noqa: E402
-                                    normalize_ced_state_dict)
-from evalkit.models.eva.fusion import (CEDProcessor, fuse_embeddings, load_processor_weights,  # noqa: E402
-                                       processor_state_dict)
-from evalkit.models.eva.kimi import (KimiEvA, KimiTokens, VQAdaptor, WhisperFrontEnd, build_prompt,  # noqa: E402
-                                     vllm_prompts, whisper_token_len)
+from evalkit.models.eva.ced import CEDConfig, CEDEncoder, htk_mel_filterbank, load_ced, normalize_ced_state_dict  # noqa: E402
+from evalkit.models.eva.fusion import CEDProcessor, fuse_embeddings, load_processor_weights, processor_state_dict  # noqa: E402
+from evalkit.models.eva.kimi import (  # noqa: E402
+    KimiEvA,
+    KimiTokens,
+    VQAdaptor,
+    WhisperFrontEnd,
+    build_prompt,
+    vllm_prompts,
+    whisper_token_len,
+)
 from evalkit.types import AudioRef, Request  # noqa: E402
 
 torch.set_num_threads(1)

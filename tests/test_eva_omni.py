@@ -19,8 +19,14 @@ from test_hf_audio_presets import _omni_without_torchvision, build_tiny_omni  # 
 from evalkit.models.eva import EvA, EvAWeightsError  # noqa: E402
 from evalkit.models.eva.align import align_to_tokens  # noqa: E402
 from evalkit.models.eva.fusion import CEDProcessor, processor_state_dict  # noqa: E402
-from evalkit.models.eva.omni import (OMNI_PREFIX, OmniEvA, load_omni_processor_weights,  # noqa: E402
-                                     omni_processor_state_dict, omni_step, tower_output_lengths)
+from evalkit.models.eva.omni import (  # noqa: E402
+    OMNI_PREFIX,
+    OmniEvA,
+    load_omni_processor_weights,
+    omni_processor_state_dict,
+    omni_step,
+    tower_output_lengths,
+)
 from evalkit.types import AudioRef, GenerationConfig, Request  # noqa: E402
 
 torch.set_num_threads(1)

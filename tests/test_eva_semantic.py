@@ -12,6 +12,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 import torch.nn.functional as F
+
 from evalkit.models.eva import EvA
 from evalkit.models.eva.kimi import whisper_token_len
 from evalkit.models.eva.semantic import (
@@ -24,7 +25,6 @@ from evalkit.models.eva.semantic import (
     normalize_semantic_state_dict,
     semantic_code_count,
 )
-
 from evalkit.types import AudioRef, Request
 
 torch.set_num_threads(1)

@@ -11,11 +11,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from test_eva_model import TOK, enc_text, request, semantic, tiny_kimi, wave  # noqa: E402
+
 from evalkit.models.eva import EvA  # noqa: E402
 from evalkit.models.eva import vllm_path as vp  # noqa: E402
 from evalkit.models.eva.kimi import TEXT_BLANK, KimiTokens, run_vllm, vllm_prompts  # noqa: E402
 from evalkit.types import AudioRef, Request  # noqa: E402
-from test_eva_model import TOK, enc_text, request, semantic, tiny_kimi, wave  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -25,7 +25,6 @@ transformers = pytest.importorskip("transformers")
 from evalkit.models import hf_audio
 from evalkit.models.hf_audio import PRESETS, HFAudioLM, Qwen2AudioHF, Qwen25OmniHF
 from evalkit.models.hf_common import HFLoadError, generation_kwargs
-
 from evalkit.types import AudioRef, GenerationConfig, Request
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]

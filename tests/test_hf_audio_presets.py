@@ -188,9 +188,13 @@ AF3_TEMPLATE = (
 
 
 def build_tiny_af3(out_dir: Path, seed: int = 0) -> Path:
-    from transformers import AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration, AudioFlamingo3Processor
+    from transformers import (
+        AudioFlamingo3Config,
+        AudioFlamingo3ForConditionalGeneration,
+        AudioFlamingo3Processor,
+        WhisperFeatureExtractor,
+    )
     from transformers import GenerationConfig as HFGen
-    from transformers import WhisperFeatureExtractor
 
     out_dir = Path(out_dir)
     tok, vocab = _byte_level_tokenizer(AF3_SPECIAL, eos_token="<|im_end|>", pad_token="<|endoftext|>")

@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("openai")
 
 from fake_openai_server import (  # noqa: E402
-    Fault,
     FakeOpenAIServer,
+    Fault,
     always,
     audio_parts,
     decode_input_audio,

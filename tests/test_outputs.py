@@ -31,9 +31,9 @@ def test_run_json_validates(toy):
 
 
 def test_no_secret_in_run_record(toy):
-    from evalkit.models.base import redact_args
     from pydantic import SecretStr
-    from evalkit.models.base import AdapterConfig
+
+    from evalkit.models.base import AdapterConfig, redact_args
 
     class C(AdapterConfig):
         api_key: SecretStr | None = None

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from conftest import shared_data
+
 from evalkit.protocol.choices import gold_histogram, present
 from evalkit.protocol.extract import extract_choice, is_correct
 from evalkit.types import Sample

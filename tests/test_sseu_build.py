@@ -50,7 +50,7 @@ def test_synthetic_manifest_and_metadata(synth):
     assert {r["scene"] for r in rows} == set(sb.SCENES)
     modes = set()
     for r in rows:
-        assert ROW_KEYS <= set(r)
+        assert set(r) >= ROW_KEYS
         assert r["synthetic"] is True and r["id"].startswith("synth-")
         assert r["id"].endswith("_snr" + r["snr"]) and r["snr"] in sb.SNR_LABELS
         assert r["sample_rate"] == 44100
@@ -299,7 +299,7 @@ def test_build_real_layout(tmp_path, version):
     assert [r["scene"] for r in rows[::3]][:3] == ["home", "restaurant", "city center"]
     texts = {"p225", "p226", "p376"}
     for r in rows:
-        assert ROW_KEYS <= set(r) and r["synthetic"] is False and r["sample_rate"] == 44100
+        assert set(r) >= ROW_KEYS and r["synthetic"] is False and r["sample_rate"] == 44100
         assert r["speaker"] in texts and "1Ro0FgMWTUE" not in r["background_source"]  # the Speech clip is excluded
         assert (vctk / r["speech_source"]).is_file()
         assert r["speech_source"].startswith("wav48_silence_trimmed/" if version == "0.92" else "wav48/")

@@ -214,7 +214,7 @@ def test_mmau_test_split_without_answers(tmp_path):
 def test_mmau_hub_rows_normalized(monkeypatch):
     """Hub rows (gamma-lab-umd/MMAU-test-mini schema) without a network: load_hub_rows is faked."""
     import evalkit.hub as hub
-    from evalkit.tasks.mmau import MMAU, HUB_REVISIONS
+    from evalkit.tasks.mmau import HUB_REVISIONS, MMAU
 
     rows = [{"context": {"bytes": wav_bytes(), "path": None}, "instruction": "Who speaks?",
              "choices": ["(A) Man", "(B) Woman"], "answer": "(B) Woman",
@@ -327,6 +327,7 @@ def _mmsu_rows():
 
 def test_mmsu_parquet_file_and_shards(tmp_path):
     import pyarrow.parquet as pq
+
     from evalkit.tasks.mmsu import MMSU
 
     rows = _mmsu_rows()
@@ -354,6 +355,7 @@ def test_mmsu_parquet_file_and_shards(tmp_path):
 
 def test_mmsu_prompts_score_aggregate(tmp_path):
     import pyarrow.parquet as pq
+
     from evalkit.tasks.mmsu import MMSU
 
     f = tmp_path / "mmsu.parquet"
@@ -381,6 +383,7 @@ def test_mmsu_prompts_score_aggregate(tmp_path):
 
 def test_mmsu_bad_input(tmp_path):
     import pyarrow.parquet as pq
+
     from evalkit.tasks.mmsu import MMSU
 
     rows = _mmsu_rows()[:2]

@@ -88,8 +88,9 @@ def test_hf_backend_batched_equals_single(tiny_model):
 # ---- openai ---------------------------------------------------------------------------------------
 def test_openai_backend_against_fake_server():
     pytest.importorskip("openai")
-    from evalkit.models.text_llm import TextLLM
     from fake_openai_server import FakeOpenAIServer, audio_parts, text_of
+
+    from evalkit.models.text_llm import TextLLM
 
     with FakeOpenAIServer(reply=lambda body: "AUDIO" if audio_parts(body) else "(B) " + text_of(body)) as srv:
         m = TextLLM.from_args({"backend": "openai", "base_url": srv.url, "model": "tiny-text",

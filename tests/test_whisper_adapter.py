@@ -56,7 +56,7 @@ def test_tiny_en_transcribes_speech(tmp_path):
     resps = model.generate(reqs)
     assert [r.key for r in resps] == [r.key for r in reqs]
     errors = words = shifted = 0
-    for i, ((p, ref), r) in enumerate(zip(clips, resps)):
+    for i, ((_, ref), r) in enumerate(zip(clips, resps)):
         assert r.error is None, r.error
         e, w = wer_parts(ref, r.text)
         errors, words = errors + e, words + w

@@ -221,7 +221,7 @@ class EvA(Model):
                                          text_blank=text_blank, extra=dict(c.vllm_engine_args))
         return self._engine
 
-    def attach(self, model, encode_text, decode, semantic_fn=None) -> "EvA":
+    def attach(self, model, encode_text, decode, semantic_fn=None) -> EvA:
         """Use prebuilt components (tests, notebooks): a kimi.KimiEvA, text encode/decode callables
         and optionally a semantic-id function (AudioRef -> list of GLM-4-Voice codes); or an
         omni.OmniEvA (backbone=qwen2.5-omni; it tokenizes with its own processor: pass None, None)."""

@@ -203,7 +203,7 @@ class CEDEncoder(nn.Module):
         L, p = self.cfg.target_length, self.cfg.patch_size
         T = x.shape[-1]
         if T <= L:
-            if T < p:
+            if p > T:
                 x = F.pad(x, (0, p - T))
             return [x]
         n = math.ceil(T / L)

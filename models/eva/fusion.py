@@ -34,7 +34,7 @@ class CEDProcessor(nn.Module):
         self.enabled = True
         self.gate_override: float | None = None
 
-    def keep_alpha_fp32(self) -> "CEDProcessor":
+    def keep_alpha_fp32(self) -> CEDProcessor:
         self.alpha.data = self.alpha.data.float()
         return self
 

@@ -65,7 +65,7 @@ class KimiTokens:
     extra_stops: tuple[int, ...] = (MSG_END,)
 
     @classmethod
-    def from_tokenizer(cls, tok) -> "KimiTokens":
+    def from_tokenizer(cls, tok) -> KimiTokens:
         names = {"msg_end": "<|im_msg_end|>", "media_begin": "<|im_media_begin|>", "media_end": "<|im_media_end|>",
                  "text_blank": "<|im_kimia_text_blank|>", "text_eos": "<|im_kimia_text_eos|>",
                  "user_msg_start": "<|im_kimia_user_msg_start|>",
@@ -462,7 +462,7 @@ def load_kimi_eva(kimi_path: str, ced_path: str, checkpoint: str, device: str, d
     llm_sd, vq_sd = {}, {}
     for f in sorted(root.glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as fh:
-            for k in fh.keys():
+            for k in fh.keys():  # noqa: SIM118 (safe_open handles have no __iter__)
                 if k.startswith("model.vq_adaptor."):
                     vq_sd[k[len("model.vq_adaptor."):]] = fh.get_tensor(k)
                 elif k.startswith(("model.layers.", "model.embed_tokens.", "model.norm.", "lm_head.")):

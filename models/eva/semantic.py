@@ -233,7 +233,7 @@ class WhisperVQTokenizer(nn.Module):
         cfg = self.cfg
         x = self._conv(self.conv2, self._conv(self.conv1, features)).transpose(1, 2)
         T = x.shape[1]
-        if T > cfg.max_source_positions:
+        if cfg.max_source_positions < T:
             raise ValueError(f"segment has {T} frames after the convolutions; at most {cfg.max_source_positions}")
         x = x + self.embed_positions.weight[:T]
         mask = frame_mask[:, ::2][:, :T]
