@@ -1,9 +1,10 @@
 """EvA on the Qwen2.5-Omni backbone (models/eva/omni.py) with a tiny random thinker and a tiny CED.
 
 The thinker and its processor come from tests/test_hf_audio_presets.py (`build_tiny_omni`, saved
-like the real checkpoint and loaded with the stock thinker class; the processor is built without
-torchvision through that file's test-only patch); the CED encoder and ced_processor are the tiny
-ones of tests/test_eva_model.py.
+like the real checkpoint and loaded with the stock thinker class; where torchvision cannot load, as
+beside this project's CPU torch, the processor is built through that file's test-only patch, and where it
+works the real video processor is used: with torch 2.14.1 + torchvision 0.29.1 these tests and the preset
+tests pass unpatched); the CED encoder and ced_processor are the tiny ones of tests/test_eva_model.py.
 """
 from __future__ import annotations
 
