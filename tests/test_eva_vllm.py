@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from fake_vllm import INTERFACE  # noqa: E402
 from test_eva_model import TOK, enc_text, request, semantic, tiny_kimi, wave  # noqa: E402
 
 from evalkit.models.eva import EvA  # noqa: E402
@@ -20,22 +21,8 @@ from evalkit.types import AudioRef, Request  # noqa: E402
 
 torch.set_num_threads(1)
 
-FAKE_VLLM = textwrap.dedent('''
-    """A stand-in for vllm (interface of vLLM 0.33): records registrations, engine kwargs and generate
-    inputs, and rejects what the real one rejects."""
-    from types import SimpleNamespace
-
-    # a subset of vllm.EngineArgs' fields (a dataclass: any other keyword is a TypeError)
-    _ENGINE_ARGS = {"model", "tokenizer", "skip_tokenizer_init", "enable_prompt_embeds", "trust_remote_code",
-                    "tensor_parallel_size", "pipeline_parallel_size", "dtype", "seed", "max_model_len",
-                    "gpu_memory_utilization", "enforce_eager", "hf_overrides", "revision", "max_num_seqs",
-                    "limit_mm_per_prompt", "distributed_executor_backend", "max_num_batched_tokens"}
-    # vllm.SamplingParams' fields (a msgspec.Struct: any other keyword is a TypeError)
-    _SAMPLING = {"n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p",
-                 "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens", "min_tokens",
-                 "logprobs", "prompt_logprobs", "detokenize", "skip_special_tokens",
-                 "spaces_between_special_tokens", "include_stop_str_in_output", "bad_words", "logit_bias",
-                 "allowed_token_ids", "extra_args"}
+FAKE_VLLM = INTERFACE + textwrap.dedent('''
+    # this fake records registrations, engine kwargs and generate inputs
 
 
     class _Registry:
@@ -56,28 +43,11 @@ FAKE_VLLM = textwrap.dedent('''
     ModelRegistry = _Registry()
 
 
-    class SamplingParams:
-        def __init__(self, **kw):
-            bad = set(kw) - _SAMPLING
-            if bad:
-                raise TypeError(f"Unexpected keyword argument {sorted(bad)[0]!r}")
-            if not 0.0 <= kw.get("temperature", 1.0) <= 2.0 or not 0.0 < kw.get("top_p", 1.0) <= 1.0:
-                raise ValueError("temperature must be in [0, 2] and top_p in (0, 1]")
-            if kw.get("top_k", 0) < -1 or (kw.get("max_tokens") or 1) < 1:
-                raise ValueError("bad top_k / max_tokens")
-            self.kw = kw
-
-
     class LLM:
         instances = []
 
         def __init__(self, model, **kw):
-            if not isinstance(model, str):
-                raise TypeError("model must be a str")
-            bad = set(kw) - _ENGINE_ARGS
-            if bad:
-                raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument {sorted(bad)[0]!r}")
-            self.kw = dict(kw, model=model)
+            self.kw = _engine_kwargs(model, kw)
             self.calls = []
             LLM.instances.append(self)
 

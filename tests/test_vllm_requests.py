@@ -6,38 +6,14 @@ import textwrap
 
 import numpy as np
 import pytest
+from fake_vllm import INTERFACE
 
 from evalkit.types import AudioRef, GenerationConfig, Request
 
-FAKE_VLLM = textwrap.dedent('''
-    """A stand-in for vllm (interface of vLLM 0.33): LLM.generate echoes what reached it."""
+FAKE_VLLM = INTERFACE + textwrap.dedent('''
+    # this fake LLM.generate echoes what reached it
     import multiprocessing
     import os
-    from types import SimpleNamespace
-
-    # a subset of vllm.EngineArgs' fields (a dataclass: any other keyword is a TypeError)
-    _ENGINE_ARGS = {"model", "revision", "tokenizer", "trust_remote_code", "tensor_parallel_size",
-                    "pipeline_parallel_size", "distributed_executor_backend", "dtype", "seed", "max_model_len",
-                    "gpu_memory_utilization", "enforce_eager", "limit_mm_per_prompt", "max_num_seqs",
-                    "max_num_batched_tokens", "hf_overrides", "skip_tokenizer_init", "enable_prompt_embeds"}
-    # vllm.SamplingParams' fields (a msgspec.Struct: any other keyword is a TypeError)
-    _SAMPLING = {"n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p",
-                 "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens", "min_tokens",
-                 "logprobs", "prompt_logprobs", "detokenize", "skip_special_tokens",
-                 "spaces_between_special_tokens", "include_stop_str_in_output", "bad_words", "logit_bias",
-                 "allowed_token_ids", "extra_args"}
-
-
-    class SamplingParams:
-        def __init__(self, **kw):
-            bad = set(kw) - _SAMPLING
-            if bad:
-                raise TypeError(f"Unexpected keyword argument {sorted(bad)[0]!r}")
-            if not 0.0 <= kw.get("temperature", 1.0) <= 2.0:  # as vLLM validates
-                raise ValueError(f"temperature must be in [0, 2], got {kw['temperature']}.")
-            if not 0.0 < kw.get("top_p", 1.0) <= 1.0 or kw.get("top_k", 0) < -1 or (kw.get("max_tokens") or 1) < 1:
-                raise ValueError("bad top_p / top_k / max_tokens")
-            self.kw = kw
 
 
     class _Tok:
@@ -49,16 +25,11 @@ FAKE_VLLM = textwrap.dedent('''
         instances = []
 
         def __init__(self, model, **kw):
-            if not isinstance(model, str):
-                raise TypeError("model must be a str")
-            bad = set(kw) - _ENGINE_ARGS
-            if bad:
-                raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument {sorted(bad)[0]!r}")
+            self.kw = _engine_kwargs(model, kw)
             # vLLM starts its EngineCore in a child process (a daemonic parent may not have one)
             proc = multiprocessing.get_context("fork").Process(target=int)
             proc.start()
             proc.join()
-            self.kw = dict(kw, model=model)
             self.calls = []
             LLM.instances.append(self)
             mt = os.environ.get("FAKE_VLLM_MODEL_TYPE")
