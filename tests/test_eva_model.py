@@ -455,18 +455,27 @@ def test_vllm_prompts_without_vllm():
         run_vllm(prompts, params)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_bf16_path_matches_cpu_shapes():
-    model = tiny_kimi().to("cuda")
-    model.llm.to(torch.bfloat16)
-    model.vq_adaptor.to(torch.bfloat16)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_mixed_precision_path(device):
+    """The CUDA setting (LLM, Whisper and vq_adaptor in bf16; CED and ced_processor in fp32), also run on the
+    CPU so that dtype mismatches between the branches show up without a GPU."""
     ref = AudioRef(array=wave(1.0, 1), sample_rate=16000)
+    _, _, e32, _ = _embeds_and_logits(tiny_kimi(), ref)
+    model = tiny_kimi().to(device)
+    for part in (model.llm, model.vq_adaptor, model.whisper):
+        part.to(torch.bfloat16)
+    _, _, e16, logits = _embeds_and_logits(model, ref)
+    assert e16.dtype == torch.bfloat16 and logits.dtype == torch.bfloat16
+    assert model.ced_processor.alpha.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.ced.parameters())
+    scale = e32.abs().max().item()
+    assert (e16.float().cpu() - e32).abs().max().item() < 0.02 * scale  # bf16 rounding, not a different sum
     eva = EvA.from_args({"checkpoint": "unused"}).attach(model, enc_text, str, semantic_fn=semantic)
     req = request("a", ref)
     req.generation.max_new_tokens = 3
     out = eva.generate([req])
-    assert out[0].error is None
-    assert model.ced_processor.alpha.dtype == torch.float32
+    assert out[0].error is None, out[0].error
 
 
 def test_gpu_benchmark_script_runs_tiny(capsys):

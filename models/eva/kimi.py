@@ -100,7 +100,8 @@ def whisper_log_mel(chunks: torch.Tensor, filters: torch.Tensor) -> torch.Tensor
     window = torch.hann_window(400, device=chunks.device)
     stft = torch.stft(chunks.float(), 400, HOP, window=window, return_complex=True)
     mag = stft[..., :-1].abs() ** 2
-    mel = torch.einsum("bft,fm->bmt", mag, filters.to(chunks.device))
+    # in fp32 even when the module was cast to bf16 as a whole (the filters are a buffer and follow .to())
+    mel = torch.einsum("bft,fm->bmt", mag, filters.to(device=chunks.device, dtype=torch.float32))
     log = torch.clamp(mel, min=1e-10).log10()
     log = torch.maximum(log, log.amax(dim=(-2, -1), keepdim=True) - 8.0)
     return (log + 4.0) / 4.0
