@@ -134,6 +134,33 @@ def test_shapes_and_evidence_only_at_audio_positions(model):
     assert float(ev.abs().min(dim=-1).values.max()) > 0 and not torch.allclose(logits_on, logits_off)
 
 
+def test_bf16_thinker_with_fp32_evidence(omni_dir, parts, model):
+    """The CUDA precision setting on the CPU: thinker in bf16, CED and ced_processor in fp32; the evidence is
+    added in the embedding dtype and the result stays within bf16 rounding of the fp32 model."""
+    r = req("a", [ref(2.5, 1)], n=3)
+    inputs, clips = prepared(model, [r])
+    e32, _ = embeds_into_llm(model, inputs, clips)
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(str(omni_dir), dtype=torch.bfloat16).eval()
+    m16 = OmniEvA(thinker, model.processor, model.ced, model.ced_processor)
+    try:
+        e16, logits = embeds_into_llm(m16, inputs, clips)
+        assert e16.dtype == logits.dtype == torch.bfloat16
+        assert m16.last_evidence[0].dtype == torch.float32 and model.ced_processor.alpha.dtype == torch.float32
+        assert (e16.float() - e32).abs().max().item() < 0.02 * e32.abs().max().item()
+        texts, _ = m16.generate([to_conv(r)[0]], [to_conv(r)[1]], [clips], r.generation)
+        assert len(texts) == 1 and isinstance(texts[0], str)
+    finally:
+        m16.remove_hook()
+
+
+def to_conv(r: Request):
+    from evalkit.models.hf_common import to_conversation
+
+    return to_conversation(r, 16000)
+
+
 def test_off_and_gate_zero_equal_the_plain_thinker(parts, model):
     _, plain = parts
     r = req("a", [ref(1.7, 3)])
