@@ -596,6 +596,15 @@ def test_batching(built, request):
         assert (single.text, single.error) == (got[r.key].text, got[r.key].error), r.key
 
 
+def test_config_unchanged_by_use(built):
+    """The config is the run's identity (run id, resume): using the adapter must not change it."""
+    m = built.model
+    before = m.config.model_dump(mode="json")
+    m.generate(built.batch("ident"))
+    m.info()
+    assert m.config.model_dump(mode="json") == before
+
+
 # ------------------------------------------------------------------------------------ 2. determinism
 def test_determinism(built, request):
     known_violation(request, built)

@@ -121,17 +121,18 @@ def test_release_export_folder_supplies_the_snapshot_paths(tmp_path):
     (export / "ced-base").mkdir()
     (export / "config.json").write_text("{}")
     eva = EvA.from_args({"checkpoint": str(export)})
-    assert eva.config.kimi_path == str(export) and eva.config.ced_path == str(export / "ced-base")
+    assert eva.kimi_path == str(export) and eva.ced_path == str(export / "ced-base")
     assert eva.info()["kimi_path"] == str(export)
+    assert eva.config.kimi_path is None and eva.config.ced_path is None  # the run's identity is what was given
     # explicit paths win; an Omni export gives its ced-base/ only
     eva = EvA.from_args({"checkpoint": str(export), "ced_path": "/elsewhere/ced", "kimi_path": "/elsewhere/kimi"})
-    assert eva.config.ced_path == "/elsewhere/ced" and eva.config.kimi_path == "/elsewhere/kimi"
+    assert eva.ced_path == "/elsewhere/ced" and eva.kimi_path == "/elsewhere/kimi"
     eva = EvA.from_args({"checkpoint": str(export), "backbone": "qwen2.5-omni"})
-    assert eva.config.ced_path == str(export / "ced-base") and eva.config.kimi_path is None
+    assert eva.ced_path == str(export / "ced-base") and eva.kimi_path is None
     # a plain fusion-weights file or a folder that is not a Kimi snapshot supplies nothing
     (tmp_path / "fusion").mkdir()
     eva = EvA.from_args({"checkpoint": str(tmp_path / "fusion")})
-    assert eva.config.kimi_path is None and eva.config.ced_path is None
+    assert eva.kimi_path is None and eva.ced_path is None
     with pytest.raises(EvAWeightsError, match="-M kimi_path="):
         eva.generate([])
 

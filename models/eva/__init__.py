@@ -136,28 +136,31 @@ class EvA(Model):
                 "(finetune_codes/kimi_audio_eva/lora_utils.py), so pass that export folder as -M checkpoint=DIR")
         if not c.checkpoint and not (c.adapter_path and c.backbone == "qwen2.5-omni"):
             raise EvAWeightsError(NO_CHECKPOINT)
-        self._default_paths_from_export()
+        self.kimi_path, self.ced_path = self._paths_with_export_defaults()
 
-    def _default_paths_from_export(self) -> None:
-        """The release exports a self-contained folder (finetune_codes/*/export_utils.py): for Kimi-Audio the
-        LLM with vq_adaptor and `model.ced_processor.*` (LoRA merged), whisper-large-v3/, ced-base/ and the
-        tokenizer; for Qwen2.5-Omni the thinker with `ced_processor.*` and ced-base/. So `-M checkpoint=EXPORT`
-        alone is enough: unset snapshot paths default to the export's own parts."""
+    def _paths_with_export_defaults(self) -> tuple[str | None, str | None]:
+        """(kimi_path, ced_path) to load from. The release exports a self-contained folder
+        (finetune_codes/*/export_utils.py): for Kimi-Audio the LLM with vq_adaptor and `model.ced_processor.*`
+        (LoRA merged), whisper-large-v3/, ced-base/ and the tokenizer; for Qwen2.5-Omni the thinker with
+        `ced_processor.*` and ced-base/. So `-M checkpoint=EXPORT` alone is enough: unset snapshot paths default
+        to the export's parts. The config is left as given: it is the run's identity (run id, resume)."""
         c = self.config
+        kimi, ced = c.kimi_path, c.ced_path
         root = Path(c.checkpoint).expanduser() if c.checkpoint else None
-        if root is None or not root.is_dir():
-            return
-        if c.ced_path is None and (root / "ced-base").is_dir():
-            c.ced_path = str(root / "ced-base")
-        if (c.backbone == "kimi" and c.kimi_path is None and (root / "config.json").is_file()
-                and (root / "whisper-large-v3").is_dir()):
-            c.kimi_path = str(root)
+        if root is not None and root.is_dir():
+            if ced is None and (root / "ced-base").is_dir():
+                ced = str(root / "ced-base")
+            if (kimi is None and c.backbone == "kimi" and (root / "config.json").is_file()
+                    and (root / "whisper-large-v3").is_dir()):
+                kimi = str(root)
+        return kimi, ced
 
     def _check_paths(self) -> None:
         self._check_config()
         c = self.config
         omni = c.backbone == "qwen2.5-omni"
-        missing = [f"-M {k}=..." for k in (("omni_path" if omni else "kimi_path"), "ced_path") if not getattr(c, k)]
+        have = {"omni_path": c.omni_path, "kimi_path": self.kimi_path, "ced_path": self.ced_path}
+        missing = [f"-M {k}=..." for k in (("omni_path" if omni else "kimi_path"), "ced_path") if not have[k]]
         if missing and omni:
             raise EvAOmniSnapshotError(
                 f"EvA on Qwen2.5-Omni needs local snapshots: {', '.join(missing)} (-M omni_path=DIR: "
@@ -165,9 +168,11 @@ class EvA(Model):
                 "ced_processor.* (the release's Qwen2.5-Omni-EvA names; not published upstream)")
         if missing:
             raise EvAWeightsError(f"EvA needs local snapshots: {', '.join(missing)}. " + NO_CHECKPOINT)
-        for k in ("checkpoint", "kimi_path", "omni_path", "ced_path", "semantic_path", "adapter_path"):
-            if getattr(c, k) and not Path(getattr(c, k)).expanduser().exists():
-                raise EvAWeightsError(f"-M {k}={getattr(c, k)}: no such file or folder")
+        paths = {"checkpoint": c.checkpoint, "kimi_path": self.kimi_path, "omni_path": c.omni_path,
+                 "ced_path": self.ced_path, "semantic_path": c.semantic_path, "adapter_path": c.adapter_path}
+        for k, v in paths.items():
+            if v and not Path(v).expanduser().exists():
+                raise EvAWeightsError(f"-M {k}={v}: no such file or folder")
 
     def _load(self):
         if self._model is not None:
@@ -181,7 +186,7 @@ class EvA(Model):
         if self.config.backbone == "qwen2.5-omni":
             from .omni import load_omni_eva
 
-            omni = load_omni_eva(self.config.omni_path, self.config.ced_path, self.config.checkpoint, device,
+            omni = load_omni_eva(self.config.omni_path, self.ced_path, self.config.checkpoint, device,
                                  getattr(torch, dtype), self._attention(),
                                  adapter_path=self.config.adapter_path)
             self.attach(omni, None, None)
@@ -189,7 +194,7 @@ class EvA(Model):
         vllm = self.config.engine == "vllm"
         if vllm:  # built before evalkit touches CUDA, so vLLM forks and its processes inherit the registration
             self._vllm_engine(dtype)
-        model, tok = load_kimi_eva(self.config.kimi_path, self.config.ced_path, self.config.checkpoint,
+        model, tok = load_kimi_eva(self.kimi_path, self.ced_path, self.config.checkpoint,
                                    "cpu" if vllm else device,  # vllm: the LLM copy is dropped before moving
                                    getattr(torch, dtype), self._attention(),
                                    trust_remote_code=self.config.trust_remote_code,
@@ -214,7 +219,7 @@ class EvA(Model):
             if dtype is None:
                 dtype = str(self._model.dtype).replace("torch.", "") if self._model is not None else "auto"
             text_blank = getattr(getattr(self._model, "tokens", None), "text_blank", TEXT_BLANK)
-            self._engine = EvAVLLMEngine(c.kimi_path, tensor_parallel_size=c.tensor_parallel_size,
+            self._engine = EvAVLLMEngine(self.kimi_path, tensor_parallel_size=c.tensor_parallel_size,
                                          max_model_len=c.max_model_len,
                                          gpu_memory_utilization=c.gpu_memory_utilization, dtype=dtype,
                                          enforce_eager=c.enforce_eager, trust_remote_code=c.trust_remote_code,
@@ -460,8 +465,8 @@ class EvA(Model):
 
     def info(self) -> dict[str, Any]:
         c = self.config
-        d: dict[str, Any] = {"backbone": c.backbone, "engine": c.engine, "checkpoint": c.checkpoint, "kimi_path": c.kimi_path,
-                             "omni_path": c.omni_path, "adapter_path": c.adapter_path, "ced_path": c.ced_path,
+        d: dict[str, Any] = {"backbone": c.backbone, "engine": c.engine, "checkpoint": c.checkpoint, "kimi_path": self.kimi_path,
+                             "omni_path": c.omni_path, "adapter_path": c.adapter_path, "ced_path": self.ced_path,
                              "ced": c.ced, "bands": c.bands, "gate": c.gate,
                              "semantic": ("codes file" if c.semantic_codes else "tokenizer" if c.semantic_path else None)}
         try:
