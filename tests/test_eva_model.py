@@ -496,3 +496,49 @@ def test_gpu_benchmark_script_runs_tiny(capsys):
     assert all("of prefill" in r and "tok/s (" in r for r in rows)
     assert rows[1].split("tok/s (")[1].startswith("4 tokens")  # 2 clips x 2 new tokens each
 
+
+# ----------------------------------------------------------------------------- decoding
+def test_kimia_repetition_penalty_rule():
+    from evalkit.models.eva.kimi import kimia_repetition_penalty
+
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [2.0, -1.0, 0.5, 3.0]])
+    window = 3
+    history = torch.tensor([[3, 0, 1, 1], [2, 2, 2, 2]])  # 4 > window tokens generated: the last 3 count
+    got = kimia_repetition_penalty(logits, history, 1.25, window)
+    want = torch.tensor([[2.0 / 1.25, -1.0 * 1.25, 0.5, 3.0],  # 0 and 1 once each (1 twice: still once)
+                         [2.0, -1.0, 0.5 / 1.25, 3.0]])  # rows are independent
+    assert torch.allclose(got, want)
+    assert torch.equal(kimia_repetition_penalty(logits, history[:, :3], 1.25, window), logits)  # not yet > window
+    assert torch.equal(kimia_repetition_penalty(logits, history, 1.0, window), logits)
+
+
+def test_repetition_penalty_in_generation():
+    model = tiny_kimi()
+    ref = AudioRef(array=wave(1.0, 1), sample_rate=16000)
+    _, _, e, _ = _embeds_and_logits(model, ref)
+    plain, = model.generate_from_embeds([e], max_new_tokens=40)
+    hard, = model.generate_from_embeds([e], max_new_tokens=40, repetition_penalty=1e4, repetition_window=16)
+    assert len(plain) == len(hard) == 40  # no stop token in this tiny model's first 40 greedy tokens
+    assert hard[:17] == plain[:17]  # the penalty starts once more than 16 tokens were generated
+    assert any(plain[k] in plain[k - 16:k] for k in range(17, 40))  # greedy repeats itself here...
+    assert all(hard[k] not in hard[k - 16:k] for k in range(17, 40))  # ...and the penalty prevents it
+    # the adapter passes its option through
+    eva = EvA.from_args({"checkpoint": "unused", "text_repetition_penalty": 1e4}).attach(
+        model, enc_text, lambda ids: " ".join(map(str, ids)), semantic_fn=semantic)
+    req = request("a", ref)
+    req.generation.max_new_tokens = 40
+    out = eva.generate([req])[0]
+    toks = [int(t) for t in out.text.split()]
+    assert len(toks) == 40 and all(toks[k] not in toks[k - 16:k] for k in range(17, 40))
+
+
+def test_repetition_penalty_defaults_follow_the_release():
+    kimi = EvA.from_args({"checkpoint": "x"})
+    assert kimi.repetition_penalty() == 1.05 and kimi.info()["text_repetition_penalty"] == 1.05
+    assert EvA.from_args({"checkpoint": "x", "text_repetition_penalty": 1.0}).repetition_penalty() == 1.0
+    assert EvA.from_args({"checkpoint": "x", "backbone": "qwen2.5-omni"}).repetition_penalty() == 1.0
+    with pytest.raises(ValueError, match="windowed penalty"):
+        EvA.from_args({"checkpoint": "x", "backbone": "qwen2.5-omni", "text_repetition_penalty": 1.1})
+    with pytest.raises(Exception):
+        EvA.from_args({"checkpoint": "x", "text_repetition_penalty": 0.5})  # < 1 is not a penalty
+

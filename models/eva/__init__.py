@@ -44,6 +44,9 @@ NO_CHECKPOINT = (
     "-M ced_path=DIR_OR_FILE (mispeech/ced-base).")
 
 
+RELEASE_REPETITION_PENALTY = 1.05  # src/inference/infer_kimi_audio_dataset.py (EvA at 61cdca4)
+
+
 class EvAWeightsError(RuntimeError):
     pass
 
@@ -67,6 +70,11 @@ class EvAConfig(AdapterConfig):
     # auto: flash_attention_2 when flash-attn is installed and the LLM runs in bf16/fp16 on CUDA, else sdpa
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     max_batch: int = 8
+    # Kimi-Audio's windowed text repetition penalty. None: the EvA release's inference setting (1.05 over the last
+    # 16 generated tokens, src/inference/infer_kimi_audio_dataset.py) for backbone=kimi on the transformers
+    # engine, else 1.0 (vLLM's penalty is not windowed; the release's Omni inference uses none)
+    text_repetition_penalty: float | None = Field(None, ge=1.0)
+    text_repetition_window: int = Field(16, ge=1)
     semantic_codes: str | None = None
     semantic_path: str | None = None  # local THUDM/glm-4-voice-tokenizer snapshot
     cache_clips: int = 256
@@ -128,8 +136,18 @@ class EvA(Model):
             return "flash_attention_2"
         return "sdpa"
 
+    def repetition_penalty(self) -> float:
+        c = self.config
+        if c.text_repetition_penalty is not None:
+            return c.text_repetition_penalty
+        return RELEASE_REPETITION_PENALTY if (c.backbone, c.engine) == ("kimi", "transformers") else 1.0
+
     def _check_config(self) -> None:
         c = self.config
+        if (c.text_repetition_penalty or 1.0) > 1.0 and (c.backbone, c.engine) != ("kimi", "transformers"):
+            raise ValueError("-M text_repetition_penalty is Kimi-Audio's windowed penalty, applied by the transformers "
+                             "engine of backbone=kimi only (vLLM's penalty is not windowed; the release's Omni "
+                             "inference uses none)")
         if c.adapter_path and c.backbone != "qwen2.5-omni":
             raise EvAWeightsError(
                 "-M adapter_path is for backbone=qwen2.5-omni: the release merges Kimi-Audio's LoRA into its export "
@@ -320,7 +338,8 @@ class EvA(Model):
                 try:
                     embeds = model.embed(prompts, clip_lists)
                     g = ok[0].generation
-                    ids = model.generate_from_embeds(embeds, g.max_new_tokens, g.temperature, g.top_p, g.seed)
+                    ids = model.generate_from_embeds(embeds, g.max_new_tokens, g.temperature, g.top_p, g.seed,
+                                                     self.repetition_penalty(), self.config.text_repetition_window)
                     dt = (time.perf_counter() - t0) / len(ok)
                     for r, seq in zip(ok, ids):
                         out[r.key] = Response(key=r.key, text=self._decode(seq), latency_s=dt)
@@ -468,6 +487,8 @@ class EvA(Model):
         d: dict[str, Any] = {"backbone": c.backbone, "engine": c.engine, "checkpoint": c.checkpoint, "kimi_path": self.kimi_path,
                              "omni_path": c.omni_path, "adapter_path": c.adapter_path, "ced_path": self.ced_path,
                              "ced": c.ced, "bands": c.bands, "gate": c.gate,
+                             "text_repetition_penalty": self.repetition_penalty(),
+                             "text_repetition_window": c.text_repetition_window,
                              "semantic": ("codes file" if c.semantic_codes else "tokenizer" if c.semantic_path else None)}
         try:
             d["device"], d["dtype"] = self._resolved()

@@ -326,8 +326,10 @@ class KimiEvA(nn.Module):
 
     @torch.no_grad()
     def generate_from_embeds(self, embeds: list[torch.Tensor], max_new_tokens: int = 64, temperature: float = 0.0,
-                             top_p: float = 1.0, seed: int | None = 0) -> list[list[int]]:
-        """Batched decode with a KV cache; left padding; stops at text_eos / msg_end."""
+                             top_p: float = 1.0, seed: int | None = 0, repetition_penalty: float = 1.0,
+                             repetition_window: int = 16) -> list[list[int]]:
+        """Batched decode with a KV cache; left padding; stops at text_eos / msg_end. `repetition_penalty` is
+        Kimi-Audio's windowed text penalty (`kimia_repetition_penalty`)."""
         from transformers import DynamicCache
 
         B, H = len(embeds), embeds[0].shape[-1]
@@ -349,8 +351,12 @@ class KimiEvA(nn.Module):
         ids: list[list[int]] = [[] for _ in range(B)]
         last = pos[:, -1:]
         stops = torch.tensor(sorted(self.tokens.stops), device=self.device)
+        history = torch.zeros(B, 0, dtype=torch.long, device=self.device)
         for _ in range(max_new_tokens):
-            nxt = _pick(out.logits[:, -1].float(), temperature, top_p, gen)
+            logits = kimia_repetition_penalty(out.logits[:, -1].float(), history, repetition_penalty,
+                                              repetition_window)
+            nxt = _pick(logits, temperature, top_p, gen)
+            history = torch.cat([history, nxt.unsqueeze(1)], dim=1)
             for i in range(B):
                 if not done[i] and not bool(torch.isin(nxt[i], stops)):
                     ids[i].append(int(nxt[i]))
@@ -373,6 +379,18 @@ def _fit(x: torch.Tensor | None, n: int, dtype, hidden: int, device=None) -> tor
     if x.shape[0] >= n:
         return x[:n]
     return F.pad(x, (0, 0, 0, n - x.shape[0]))
+
+
+def kimia_repetition_penalty(logits: torch.Tensor, history: torch.Tensor, penalty: float, window: int) -> torch.Tensor:
+    """Kimi-Audio's text repetition penalty (`kimia_infer/utils/sampler.py`, `sample_text_logits`), per row:
+    once more than `window` tokens have been generated, the logits of the last `window` generated tokens are
+    divided by `penalty` (multiplied when negative), each token id once. logits (B, V); history (B, i)."""
+    if penalty <= 1.0 or history.shape[1] <= window:
+        return logits
+    recent = history[:, -window:]
+    scores = logits.gather(1, recent)
+    scores = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return logits.scatter(1, recent, scores)
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
