@@ -24,6 +24,23 @@ def ced_centres(n_tokens: int, chunk_frames: int = 1012, stride: int = 16, windo
     return start, start + window - 1, start + window // 2
 
 
+def neighbours_and_weights(T_c: int, n_target: int, t_mel: int | None = None, chunk_frames: int = 1012,
+                           stride: int = 16, window: int = 16, step_mel: int = 8, centre_mel: int = 4,
+                           eps: float = 1e-8, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For T_c >= 2 CED tokens and n_target LLM tokens: (index (n_target, 2): the left and right CED
+    neighbours of each target; weights (n_target, 2), fp32)."""
+    t_mel = n_target * step_mel if t_mel is None else t_mel
+    start, end, centre = ced_centres(T_c, chunk_frames, stride, window, device)
+    cov = (torch.clamp(end, max=t_mel - 1) - start + 1).clamp(min=0) / window
+    t_w = torch.arange(n_target, device=device) * step_mel + centre_mel
+    right = torch.searchsorted(centre, t_w).clamp(1, T_c - 1)
+    left = right - 1
+    a = (t_w - centre[left]).float() / ((centre[right] - centre[left]).float() + eps)
+    c_l, c_r = cov[left], cov[right]
+    den = (1 - a) * c_l + a * c_r + eps
+    return torch.stack((left, right), dim=1), torch.stack(((1 - a) * c_l / den, a * c_r / den), dim=1)
+
+
 def align_to_tokens(x: torch.Tensor, n_target: int, t_mel: int | None = None, chunk_frames: int = 1012,
                     stride: int = 16, window: int = 16, step_mel: int = 8, centre_mel: int = 4,
                     eps: float = 1e-8) -> torch.Tensor:
@@ -34,16 +51,7 @@ def align_to_tokens(x: torch.Tensor, n_target: int, t_mel: int | None = None, ch
         return x.new_zeros(0, H)
     if T_c <= 1:
         return x[:1].expand(n_target, H)
-    t_mel = n_target * step_mel if t_mel is None else t_mel
-    start, end, centre = ced_centres(T_c, chunk_frames, stride, window, x.device)
-    # the scalar weights are computed in fp32 whatever x's dtype, then cast once
-    cov = (torch.clamp(end, max=t_mel - 1) - start + 1).clamp(min=0) / window
-    t_w = torch.arange(n_target, device=x.device) * step_mel + centre_mel
-    right = torch.searchsorted(centre, t_w).clamp(1, T_c - 1)
-    left = right - 1
-    a = (t_w - centre[left]).float() / ((centre[right] - centre[left]).float() + eps)
-    c_l, c_r = cov[left], cov[right]
-    den = (1 - a) * c_l + a * c_r + eps
-    # per-target scalar weights first, then one fused gather-and-sum over the features
-    weights = torch.stack(((1 - a) * c_l / den, a * c_r / den), dim=1).to(x.dtype)
-    return F.embedding_bag(torch.stack((left, right), dim=1), x, per_sample_weights=weights, mode="sum")
+    index, weights = neighbours_and_weights(T_c, n_target, t_mel, chunk_frames, stride, window, step_mel,
+                                            centre_mel, eps, x.device)
+    # one fused gather-and-sum over the features; the weights are fp32 whatever x's dtype, cast once
+    return F.embedding_bag(index, x, per_sample_weights=weights.to(x.dtype), mode="sum")
