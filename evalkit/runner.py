@@ -97,6 +97,7 @@ class ModelHolder:
         self.name, self.args = name, args
         self.cls = get_model(name)
         self.config = self.cls.Config(**args)  # validates -M now (typo fails at load)
+        self.cls.preflight(self.config)  # an adapter that cannot run says so before any data loads
         self._model = None
 
     @property

@@ -39,6 +39,11 @@ class Model:
     def from_args(cls, args: dict[str, Any]) -> Model:
         return cls(cls.Config(**args))
 
+    @classmethod
+    def preflight(cls, config: AdapterConfig) -> None:
+        """Cheap checks of the arguments alone (no weights, no network), run when a run starts, before any
+        data loads: an adapter that cannot run at all says so first. Raise with a message naming the argument."""
+
     def generate(self, requests: list[Request]) -> list[Response]:
         """One Response per Request, same keys. A failure of one request should be a
         Response with `error` set, not an exception (an exception fails the batch)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 
@@ -99,6 +100,17 @@ def request(key: str, audio: AudioRef, text: str = "what is it") -> Request:
 def test_import_does_not_load_torch():
     code = "import sys, evalkit.models.eva; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_says_no_checkpoint_before_loading_any_data(tmp_path):
+    """`evalkit run --model eva --task mmau` without weights: the EvA message comes first, fast, and no data is
+    touched (the task's data path does not exist: loading it would be another error)."""
+    cmd = [sys.executable, "-m", "evalkit.cli", "run", "--model", "eva", "--task", "mmau",
+           "-T", f"data={tmp_path / 'absent.json'}", "--output", str(tmp_path / "runs"), "-q"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode != 0
+    assert "not published upstream" in r.stdout + r.stderr and "absent.json" not in r.stdout + r.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_no_checkpoint_error_message():

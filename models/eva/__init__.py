@@ -39,7 +39,8 @@ from evalkit.types import Request, Response
 
 NO_CHECKPOINT = (
     "EvA fusion weights are not published upstream (satsuki2486441738/EvA lists them as TBD); "
-    "pass -M checkpoint=PATH (a .safetensors or .pt file holding model.ced_processor.* weights), "
+    "pass -M checkpoint=PATH (a .safetensors or .pt file holding model.ced_processor.* weights, or the "
+    "release's export folder, which also holds the snapshots), "
     "and point at local snapshots with -M kimi_path=DIR (moonshotai/Kimi-Audio-7B-Instruct) and "
     "-M ced_path=DIR_OR_FILE (mispeech/ced-base).")
 
@@ -142,8 +143,17 @@ class EvA(Model):
             return c.text_repetition_penalty
         return RELEASE_REPETITION_PENALTY if (c.backbone, c.engine) == ("kimi", "transformers") else 1.0
 
+    @classmethod
+    def preflight(cls, config: EvAConfig) -> None:  # type: ignore[override]
+        """Before any data loads: without fusion weights (not published upstream) nothing can run."""
+        cls._check_args(config)
+
     def _check_config(self) -> None:
-        c = self.config
+        self._check_args(self.config)
+        self.kimi_path, self.ced_path = self._paths_with_export_defaults()
+
+    @staticmethod
+    def _check_args(c: EvAConfig) -> None:
         if (c.text_repetition_penalty or 1.0) > 1.0 and (c.backbone, c.engine) != ("kimi", "transformers"):
             raise ValueError("-M text_repetition_penalty is Kimi-Audio's windowed penalty, applied by the transformers "
                              "engine of backbone=kimi only (vLLM's penalty is not windowed; the release's Omni "
@@ -154,7 +164,6 @@ class EvA(Model):
                 "(finetune_codes/kimi_audio_eva/lora_utils.py), so pass that export folder as -M checkpoint=DIR")
         if not c.checkpoint and not (c.adapter_path and c.backbone == "qwen2.5-omni"):
             raise EvAWeightsError(NO_CHECKPOINT)
-        self.kimi_path, self.ced_path = self._paths_with_export_defaults()
 
     def _paths_with_export_defaults(self) -> tuple[str | None, str | None]:
         """(kimi_path, ced_path) to load from. The release exports a self-contained folder
