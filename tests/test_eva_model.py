@@ -149,6 +149,15 @@ def test_release_export_folder_supplies_the_snapshot_paths(tmp_path):
         eva.generate([])
 
 
+def test_run_identity_ignores_speed_settings():
+    from evalkit.runner import ModelHolder
+
+    a = ModelHolder("eva", {"checkpoint": "x", "max_batch": 2, "cache_clips": 8}).identity()
+    b = ModelHolder("eva", {"checkpoint": "x", "max_batch": 16}).identity()
+    assert a == b and "max_batch" not in a["args"]
+    assert ModelHolder("eva", {"checkpoint": "x", "ced": "off"}).identity() != a  # an ablation is another run
+
+
 def test_attention_kernel_auto(monkeypatch):
     import importlib.util
 

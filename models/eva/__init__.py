@@ -97,6 +97,8 @@ class EvA(Model):
     Config = EvAConfig
     sample_rate = 16000
     default_batch_size = 8
+    #: not part of the run id: they change speed and memory, not outputs (batch == alone is tested)
+    volatile_args = frozenset({"max_batch", "cache_clips", "device", "gpu_memory_utilization", "vllm_batch_size"})
 
     def __init__(self, config: EvAConfig):
         super().__init__(config)
