@@ -9,7 +9,8 @@ Needs the `vllm` extra (`pip install 'evalkit[vllm]'`); `import evalkit.models.v
 never imports vllm, only building the adapter does (a missing vllm is a clear error).
 
 Prompts. Each family gets its own prompt format, matching vLLM's
-`examples/offline_inference/audio_language.py` and the models' Hugging Face chat templates;
+`examples/generate/multimodal/audio_language_offline.py` (formerly `examples/offline_inference/
+audio_language.py`) and the models' Hugging Face chat templates;
 the audio goes in `multi_modal_data={"audio": [(array, sample_rate), ...]}` in the order of
 the placeholders:
   qwen2_audio   ChatML, default system "You are a helpful assistant.", each audio part as
@@ -18,6 +19,10 @@ the placeholders:
                 as "<|audio_bos|><|AUDIO|><|audio_eos|>\\n"; decoding is greedy unless the run
                 asks otherwise (Qwen2.5-Omni samples by default elsewhere; never here)
   ultravox      the tokenizer's chat template, each audio part as "<|audio|>\\n"
+  audio_flamingo_3  ChatML, system "You are a helpful assistant.", each audio part as "<sound>"
+                (no newline), as vLLM's example for nvidia/audio-flamingo-3-hf
+  midashenglm   ChatML, system "You are a helpful language and speech assistant.", each audio part
+                as "<|audio_bos|><|AUDIO|><|audio_eos|>" (no newline), as vLLM's example
   generic       the tokenizer's chat template, each audio part as `-M audio_placeholder=...`
                 (required when a request carries audio; e.g. "<audio>" for a custom model)
 `family=auto` (default) picks by model name, then by the hf config's `model_type` once the
@@ -59,23 +64,29 @@ from evalkit.models.base import AdapterConfig, Model
 from evalkit.types import GenerationConfig, Request, Response
 
 INSTALL_HINT = "pip install 'evalkit[vllm]'"
-Family = Literal["auto", "qwen2_audio", "qwen2_5_omni", "ultravox", "generic"]
+Family = Literal["auto", "qwen2_audio", "qwen2_5_omni", "ultravox", "audio_flamingo_3", "midashenglm", "generic"]
 
 QWEN2_AUDIO_SYSTEM = "You are a helpful assistant."
 QWEN2_5_OMNI_SYSTEM = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
                        "perceiving auditory and visual inputs, as well as generating text and speech.")
 QWEN_AUDIO_TOKENS = "<|audio_bos|><|AUDIO|><|audio_eos|>"
 ULTRAVOX_PLACEHOLDER = "<|audio|>"
+AF3_SYSTEM = "You are a helpful assistant."
+AF3_PLACEHOLDER = "<sound>"  # no newline after it (vLLM's audio example)
+MIDASHENGLM_SYSTEM = "You are a helpful language and speech assistant."
 
 #: (pattern on the model name / path, family), first match wins
 _NAME_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"qwen2[._-]?5[._-]?omni", "qwen2_5_omni"),
     (r"qwen2[._-]?audio", "qwen2_audio"),
     (r"ultravox", "ultravox"),
+    (r"audio[._-]?flamingo[._-]?3", "audio_flamingo_3"),
+    (r"midashenglm", "midashenglm"),
 )
 #: hf config model_type -> family
 _MODEL_TYPES = {"qwen2_audio": "qwen2_audio", "qwen2_5_omni": "qwen2_5_omni",
-                "qwen2_5_omni_thinker": "qwen2_5_omni", "ultravox": "ultravox"}
+                "qwen2_5_omni_thinker": "qwen2_5_omni", "ultravox": "ultravox",
+                "audioflamingo3": "audio_flamingo_3", "midashenglm": "midashenglm"}
 
 #: families whose models also take images and videos
 _VISION_FAMILIES = frozenset({"qwen2_5_omni"})
@@ -181,7 +192,7 @@ def _templated(req: Request, placeholder: str | None, chat_template: ChatTemplat
         if placeholder is None:
             raise VLLMRequestError(
                 "the generic family needs -M audio_placeholder=... (the model's audio token, e.g. '<audio>') "
-                "for requests with audio; or set -M family=qwen2_audio|qwen2_5_omni|ultravox")
+                "for requests with audio; or set -M family=qwen2_audio|qwen2_5_omni|ultravox|audio_flamingo_3|midashenglm")
         return placeholder + "\n"
 
     msgs = [{"role": m["role"], "content": _text_of(_parts(m), audio, audios)} for m in req.messages]
@@ -195,6 +206,10 @@ def build_prompt(req: Request, family: str, chat_template: ChatTemplate | None =
         return _chatml(req, QWEN2_AUDIO_SYSTEM, lambda n: f"Audio {n}: {QWEN_AUDIO_TOKENS}\n")
     if family == "qwen2_5_omni":
         return _chatml(req, QWEN2_5_OMNI_SYSTEM, lambda n: f"{QWEN_AUDIO_TOKENS}\n")
+    if family == "audio_flamingo_3":
+        return _chatml(req, AF3_SYSTEM, lambda n: AF3_PLACEHOLDER)
+    if family == "midashenglm":
+        return _chatml(req, MIDASHENGLM_SYSTEM, lambda n: QWEN_AUDIO_TOKENS)
     if family == "ultravox":
         return _templated(req, ULTRAVOX_PLACEHOLDER, chat_template, family)
     if family == "generic":

@@ -111,6 +111,9 @@ def test_config_typo_fails(va):
     ("/ckpt/qwen2_audio_ft", None, "qwen2_audio"),
     ("Qwen/Qwen2.5-Omni-7B", None, "qwen2_5_omni"),
     ("fixie-ai/ultravox-v0_5-llama-3_2-1b", None, "ultravox"),
+    ("nvidia/audio-flamingo-3-hf", None, "audio_flamingo_3"),
+    ("/ckpt/af3", "audioflamingo3", "audio_flamingo_3"),
+    ("mispeech/midashenglm-7b", None, "midashenglm"),
     ("/ckpt/my-model", "qwen2_audio", "qwen2_audio"),
     ("/ckpt/my-model", "llama", "generic"),
 ])
@@ -142,6 +145,18 @@ def test_qwen2_5_omni_system_prompt(va):
     y = va.build_vllm_input(req(system="Answer tersely."), "qwen2_5_omni")
     assert y["prompt"].startswith("<|im_start|>system\nAnswer tersely.<|im_end|>\n")
     assert va.QWEN2_5_OMNI_SYSTEM not in y["prompt"]
+
+
+def test_audio_flamingo_3_and_midashenglm_prompts(va):
+    """As vLLM's audio example formats them (examples/generate/multimodal/audio_language_offline.py)."""
+    x = va.build_vllm_input(req(), "audio_flamingo_3")
+    assert x["prompt"] == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                           "<|im_start|>user\n<sound>Which sound? (A) dog (B) cat<|im_end|>\n<|im_start|>assistant\n")
+    assert len(x["multi_modal_data"]["audio"]) == 1
+    y = va.build_vllm_input(req(), "midashenglm")
+    assert y["prompt"] == ("<|im_start|>system\nYou are a helpful language and speech assistant.<|im_end|>\n"
+                           "<|im_start|>user\n<|audio_bos|><|AUDIO|><|audio_eos|>Which sound? (A) dog (B) cat"
+                           "<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_ultravox_uses_chat_template(va):
