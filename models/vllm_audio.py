@@ -23,6 +23,9 @@ the placeholders:
                 (no newline), as vLLM's example for nvidia/audio-flamingo-3-hf
   midashenglm   ChatML, system "You are a helpful language and speech assistant.", each audio part
                 as "<|audio_bos|><|AUDIO|><|audio_eos|>" (no newline), as vLLM's example
+  voxtral       mistral-common's chat encoding of the request (`prompt_token_ids` + the encoded audios)
+                and vLLM's Mistral formats (tokenizer_mode/config_format/load_format "mistral"), as
+                vLLM's example; the tokenizer is the snapshot's tekken.json
   generic       the tokenizer's chat template, each audio part as `-M audio_placeholder=...`
                 (required when a request carries audio; e.g. "<audio>" for a custom model)
 `family=auto` (default) picks by model name, then by the hf config's `model_type` once the
@@ -56,6 +59,7 @@ import atexit
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -64,7 +68,8 @@ from evalkit.models.base import AdapterConfig, Model
 from evalkit.types import GenerationConfig, Request, Response
 
 INSTALL_HINT = "pip install 'evalkit[vllm]'"
-Family = Literal["auto", "qwen2_audio", "qwen2_5_omni", "ultravox", "audio_flamingo_3", "midashenglm", "generic"]
+Family = Literal["auto", "qwen2_audio", "qwen2_5_omni", "ultravox", "audio_flamingo_3", "midashenglm", "voxtral",
+                 "generic"]
 
 QWEN2_AUDIO_SYSTEM = "You are a helpful assistant."
 QWEN2_5_OMNI_SYSTEM = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
@@ -82,11 +87,14 @@ _NAME_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"ultravox", "ultravox"),
     (r"audio[._-]?flamingo[._-]?3", "audio_flamingo_3"),
     (r"midashenglm", "midashenglm"),
+    (r"voxtral", "voxtral"),
 )
 #: hf config model_type -> family
 _MODEL_TYPES = {"qwen2_audio": "qwen2_audio", "qwen2_5_omni": "qwen2_5_omni",
                 "qwen2_5_omni_thinker": "qwen2_5_omni", "ultravox": "ultravox",
-                "audioflamingo3": "audio_flamingo_3", "midashenglm": "midashenglm"}
+                "audioflamingo3": "audio_flamingo_3", "midashenglm": "midashenglm", "voxtral": "voxtral"}
+#: Voxtral runs in vLLM's Mistral formats (vLLM's audio example); the prompt is token ids from mistral-common
+MISTRAL_ENGINE_ARGS = {"tokenizer_mode": "mistral", "config_format": "mistral", "load_format": "mistral"}
 
 #: families whose models also take images and videos
 _VISION_FAMILIES = frozenset({"qwen2_5_omni"})
@@ -217,19 +225,61 @@ def build_prompt(req: Request, family: str, chat_template: ChatTemplate | None =
     raise VLLMRequestError(f"unknown family {family!r}")
 
 
+def mistral_tokens(req: Request, tokenizer: Any, sample_rate: int | None = 16000) -> tuple[list[int], list[Any]]:
+    """Voxtral: (prompt token ids, [(array, sr)] in order) from mistral-common's chat encoding, the form
+    vLLM's audio example passes (`prompt_token_ids` + the encoded audios)."""
+    from mistral_common.protocol.instruct.chunk import AudioChunk, TextChunk
+    from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.audio import Audio
+
+    def text(parts: list[dict[str, Any]]) -> str:
+        if any(p["type"] != "text" for p in parts):
+            raise VLLMRequestError("voxtral: audio is only accepted in user messages")
+        return "\n".join(p["text"] for p in parts)
+
+    messages: list[Any] = []
+    for m in req.messages:
+        parts = _parts(m)
+        if m["role"] == "system":
+            messages.append(SystemMessage(content=text(parts)))
+        elif m["role"] == "assistant":
+            messages.append(AssistantMessage(content=text(parts)))
+        else:
+            chunks: list[Any] = []
+            for p in parts:
+                if p["type"] == "audio":
+                    x, sr = p["audio"].load(sample_rate)
+                    chunks.append(AudioChunk.from_audio(Audio(audio_array=x, sampling_rate=sr, format="wav")))
+                elif p["type"] == "text":
+                    chunks.append(TextChunk(text=p["text"]))
+                else:
+                    raise VLLMRequestError(f"unsupported content part type {p['type']!r}")
+            messages.append(UserMessage(content=chunks))
+    encoded = tokenizer.encode_chat_completion(ChatCompletionRequest(messages=messages))
+    return list(encoded.tokens), [(a.audio_array, a.sampling_rate) for a in encoded.audios]
+
+
 def build_vllm_input(req: Request, family: str, sample_rate: int | None = 16000,
                      chat_template: ChatTemplate | None = None, audio_placeholder: str | None = None,
-                     max_audio: int | None = None) -> dict[str, Any]:
+                     max_audio: int | None = None, mistral_tokenizer: Any = None) -> dict[str, Any]:
     """One Request -> a vLLM prompt dict {"prompt": str, "multi_modal_data": {"audio": [(x, sr)]}}
-    (no multi_modal_data for a text-only request)."""
-    prompt, audios = build_prompt(req, family, chat_template, audio_placeholder)
-    if max_audio is not None and len(audios) > max_audio:
+    (no multi_modal_data for a text-only request); for Voxtral {"prompt_token_ids": [...], ...}."""
+    n_audio = sum(p["type"] == "audio" for m in req.messages for p in _parts(m))
+    if max_audio is not None and n_audio > max_audio:
         raise VLLMRequestError(
-            f"request has {len(audios)} audio parts but limit_mm_per_prompt allows {max_audio}; "
-            f"raise it with -M limit_mm_per_prompt='{{\"audio\": {len(audios)}}}'")
-    out: dict[str, Any] = {"prompt": prompt}
-    if audios:
-        out["multi_modal_data"] = {"audio": [tuple(a.load(sample_rate)) for a in audios]}
+            f"request has {n_audio} audio parts but limit_mm_per_prompt allows {max_audio}; "
+            f"raise it with -M limit_mm_per_prompt='{{\"audio\": {n_audio}}}'")
+    if family == "voxtral":
+        if mistral_tokenizer is None:
+            raise VLLMRequestError("family 'voxtral' needs the model's mistral-common tokenizer (tekken.json)")
+        ids, loaded = mistral_tokens(req, mistral_tokenizer, sample_rate)
+        out: dict[str, Any] = {"prompt_token_ids": ids}
+    else:
+        prompt, audios = build_prompt(req, family, chat_template, audio_placeholder)
+        out, loaded = {"prompt": prompt}, [tuple(a.load(sample_rate)) for a in audios]
+    if loaded:
+        out["multi_modal_data"] = {"audio": loaded}
     return out
 
 
@@ -265,6 +315,8 @@ def engine_kwargs(c: VLLMConfig) -> dict[str, Any]:
         kw["distributed_executor_backend"] = c.distributed_executor_backend
     if c.revision is None:
         del kw["revision"]
+    if (c.family if c.family != "auto" else detect_family(c.model)) == "voxtral":
+        kw.update(MISTRAL_ENGINE_ARGS)
     kw.update(c.engine_args)
     return kw
 
@@ -451,7 +503,8 @@ class DataParallelEngine:
 
 class VLLMAudio(Model):
     name: ClassVar[str] = "vllm"
-    description: ClassVar[str] = "audio LLMs on vLLM's offline engine (Qwen2-Audio, Qwen2.5-Omni, Ultravox, generic)"
+    description: ClassVar[str] = ("audio LLMs on vLLM's offline engine (Qwen2-Audio, Qwen2.5-Omni, Ultravox, Audio "
+                                  "Flamingo 3, MiDashengLM, Voxtral, generic)")
     source: ClassVar[str] = "https://docs.vllm.ai (extra: evalkit[vllm])"
     capabilities: ClassVar[frozenset[str]] = frozenset({"audio", "text", "multi_audio"})
     Config: ClassVar[type[AdapterConfig]] = VLLMConfig
@@ -475,6 +528,7 @@ class VLLMAudio(Model):
         self._engine: LocalEngine | DataParallelEngine | None = None
         self._family: str | None = None
         self._template: ChatTemplate | None = None
+        self._mistral: Any = None  # Voxtral's mistral-common tokenizer
 
     def _ensure(self):
         if self._engine is None:
@@ -494,6 +548,25 @@ class VLLMAudio(Model):
         assert self._family is not None
         return self._family
 
+    def _mistral_tokenizer(self) -> Any:
+        """Voxtral's tokenizer: tekken.json of a local snapshot, else the hub (offline: the cache only)."""
+        if self.family != "voxtral":
+            return None
+        if self._mistral is None:
+            try:
+                from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+            except ImportError:
+                raise VLLMRequestError("family 'voxtral' needs mistral-common: pip install 'mistral-common[audio]'") from None
+            c = self.config
+            local = Path(c.model).expanduser() / "tekken.json"
+            try:
+                self._mistral = (MistralTokenizer.from_file(str(local)) if local.is_file() else
+                                 MistralTokenizer.from_hf_hub(c.model, revision=c.revision))
+            except Exception as e:
+                raise VLLMRequestError(f"voxtral: cannot load the mistral-common tokenizer of {c.model!r} "
+                                       f"(tekken.json in a local snapshot, or the hub): {type(e).__name__}: {e}") from None
+        return self._mistral
+
     def _chat_template(self) -> ChatTemplate | None:
         if self.family in ("ultravox", "generic") and self._template is None:
             self._template = self._ensure().chat_template()
@@ -505,10 +578,14 @@ class VLLMAudio(Model):
         inputs, params, errors = [], [], {}
         template = self._chat_template()
         max_audio = self.config.limit_mm_per_prompt.get("audio")
+        try:
+            mistral = self._mistral_tokenizer()
+        except VLLMRequestError as e:
+            return [], [], {r.key: str(e) for r in requests}
         for r in requests:
             try:
                 inputs.append(build_vllm_input(r, self.family, self.sample_rate, template,
-                                               self.config.audio_placeholder, max_audio))
+                                               self.config.audio_placeholder, max_audio, mistral))
                 params.append(sampling_kwargs(r.generation))
             except VLLMRequestError as e:
                 errors[r.key] = str(e)

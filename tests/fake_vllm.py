@@ -17,7 +17,8 @@ INTERFACE = textwrap.dedent('''
     _ENGINE_ARGS = {"model", "revision", "tokenizer", "trust_remote_code", "tensor_parallel_size",
                     "pipeline_parallel_size", "distributed_executor_backend", "dtype", "seed", "max_model_len",
                     "gpu_memory_utilization", "enforce_eager", "limit_mm_per_prompt", "max_num_seqs",
-                    "max_num_batched_tokens", "hf_overrides", "skip_tokenizer_init", "enable_prompt_embeds"}
+                    "max_num_batched_tokens", "hf_overrides", "skip_tokenizer_init", "enable_prompt_embeds",
+                    "tokenizer_mode", "config_format", "load_format", "enable_chunked_prefill"}
     # vllm.SamplingParams' fields
     _SAMPLING = {"n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p",
                  "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens", "min_tokens",

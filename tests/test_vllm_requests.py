@@ -1,6 +1,7 @@
 """The vLLM adapter without vLLM: request building per model family (pure), the missing-extra
 error, and the execution path against a fake `vllm` package (in-process and data parallel)."""
 import importlib
+import json
 import sys
 import textwrap
 
@@ -44,14 +45,14 @@ FAKE_VLLM = INTERFACE + textwrap.dedent('''
             params = list(sampling_params)
             assert len(params) == len(inputs) and all(isinstance(p, SamplingParams) for p in params)
             self.calls.append(len(inputs))
-            if any("BOOM" in x["prompt"] for x in inputs):
+            if any("BOOM" in x.get("prompt", "") for x in inputs):
                 raise ValueError("prompt longer than max_model_len")
             outs = []
             for x, p in zip(inputs, params):
                 audio = x.get("multi_modal_data", {}).get("audio", [])
                 desc = ";".join(f"{len(a)}@{sr}:{float(abs(a).max()):.2f}" for a, sr in audio)
                 text = (f"audio=[{desc}] pid={os.getpid()} dev={os.environ.get('CUDA_VISIBLE_DEVICES')} "
-                        f"temp={p.kw['temperature']} prompt={x['prompt']}")
+                        f"temp={p.kw['temperature']} prompt={x.get('prompt', x.get('prompt_token_ids'))}")
                 out = SimpleNamespace(index=0, text=text, token_ids=[1, 2, 3], finish_reason="stop")
                 outs.append(SimpleNamespace(prompt_token_ids=[0] * 5, outputs=[out]))
             return outs
@@ -157,6 +158,53 @@ def test_audio_flamingo_3_and_midashenglm_prompts(va):
     assert y["prompt"] == ("<|im_start|>system\nYou are a helpful language and speech assistant.<|im_end|>\n"
                            "<|im_start|>user\n<|audio_bos|><|AUDIO|><|audio_eos|>Which sound? (A) dog (B) cat"
                            "<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.fixture
+def tekken_dir(tmp_path):
+    """A local "Voxtral" snapshot folder holding only a tiny tekken.json (test_hf_audio_presets' tokenizer)."""
+    pytest.importorskip("mistral_common")
+    pytest.importorskip("soxr")
+    from test_hf_audio_presets import _tiny_tekken
+
+    d = tmp_path / "voxtral-tiny"
+    d.mkdir()
+    (d / "tekken.json").write_text(json.dumps(_tiny_tekken()))
+    return d
+
+
+def test_voxtral_prompt_token_ids_from_mistral_common(va, tekken_dir):
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    tok = MistralTokenizer.from_file(str(tekken_dir / "tekken.json"))
+    x = va.build_vllm_input(req(n_audio=2), "voxtral", mistral_tokenizer=tok, max_audio=2)
+    assert "prompt" not in x
+    ids = x["prompt_token_ids"]
+    assert ids.count(25) == 2 and ids.count(24) > 2  # [BEGIN_AUDIO] then an [AUDIO] run, per clip
+    assert ids.index(25) < ids.index(24)
+    text_ids = tok.instruct_tokenizer.tokenizer.encode("Which sound? (A) dog (B) cat", bos=False, eos=False)
+    tail = ids[len(ids) - len(text_ids) - 1: -1]  # the question closes the user turn ([/INST] last)
+    assert tail == text_ids
+    (a0, sr0), (a1, sr1) = x["multi_modal_data"]["audio"]
+    assert sr0 == sr1 == 16000 and float(np.abs(a0).max()) < float(np.abs(a1).max())  # in order
+    y = va.build_vllm_input(req(n_audio=0), "voxtral", mistral_tokenizer=tok)
+    assert "multi_modal_data" not in y and 24 not in y["prompt_token_ids"]
+    with pytest.raises(va.VLLMRequestError, match="tekken"):
+        va.build_vllm_input(req(), "voxtral")
+    kw = va.engine_kwargs(va.VLLMConfig(model=str(tekken_dir), engine_args={"load_format": "auto"}))
+    assert (kw["tokenizer_mode"], kw["config_format"], kw["load_format"]) == ("mistral", "mistral", "auto")
+
+
+def test_voxtral_end_to_end_on_fake_vllm(fake_vllm, va, tekken_dir):
+    m = va.VLLMAudio(va.VLLMConfig(model=str(tekken_dir)))  # family from the folder name
+    out = m.generate([req("a"), req("b", n_audio=0)])
+    assert m.family == "voxtral" and all(r.error is None for r in out)
+    # the audio vLLM gets is mistral-common's encoding of the clip: 16 kHz, padded to its 30 s chunk
+    assert out[0].text.startswith("audio=[480000@16000:0.10]") and out[1].text.startswith("audio=[]")
+    assert sys.modules["vllm"].LLM.instances[-1].kw["tokenizer_mode"] == "mistral"
+    bad = va.VLLMAudio(va.VLLMConfig(model=str(tekken_dir.parent / "voxtral-missing")))
+    r, = bad.generate([req("c")])
+    assert r.error and "mistral-common tokenizer" in r.error
 
 
 def test_ultravox_uses_chat_template(va):
