@@ -519,6 +519,18 @@ def test_gpu_benchmark_script_runs_tiny(capsys):
 
 
 # ----------------------------------------------------------------------------- decoding
+def test_each_request_keeps_its_generation_settings():
+    """One generate call with two max_new_tokens: each request is decoded with its own."""
+    eva = EvA.from_args({"checkpoint": "unused", "text_repetition_penalty": 1.0}).attach(
+        tiny_kimi(), enc_text, lambda ids: " ".join(map(str, ids)), semantic_fn=semantic)
+    ref = AudioRef(array=wave(1.0, 1), sample_rate=16000)
+    short, long_ = request("s", ref), request("l", ref)
+    short.generation.max_new_tokens, long_.generation.max_new_tokens = 2, 6
+    a, b = eva.generate([short, long_])
+    assert len(a.text.split()) == 2 and len(b.text.split()) == 6
+    assert b.text.split()[:2] == a.text.split()  # same prompt, same greedy start
+
+
 def test_kimia_repetition_penalty_rule():
     from evalkit.models.eva.kimi import kimia_repetition_penalty
 

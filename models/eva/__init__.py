@@ -48,6 +48,10 @@ NO_CHECKPOINT = (
 RELEASE_REPETITION_PENALTY = 1.05  # src/inference/infer_kimi_audio_dataset.py (EvA at 61cdca4)
 
 
+def _generation_key(r: Request) -> tuple:
+    return tuple(sorted(r.generation.to_dict().items()))
+
+
 class EvAWeightsError(RuntimeError):
     pass
 
@@ -332,8 +336,10 @@ class EvA(Model):
         semantic = self._semantic_fn()
         out: dict[str, Response] = {}
         bs = max(1, self.config.max_batch)
-        for b0 in range(0, len(requests), bs):
-            batch = requests[b0: b0 + bs]
+        groups: dict[tuple, list[Request]] = {}
+        for r in requests:  # one decode loop per generation setting
+            groups.setdefault(_generation_key(r), []).append(r)
+        for batch in (g[i: i + bs] for g in groups.values() for i in range(0, len(g), bs)):
             t0 = time.perf_counter()
             try:
                 clips = self._encode_clips([a for r in batch for a in r.audio()])
@@ -450,7 +456,7 @@ class EvA(Model):
             except Exception as e:
                 out[r.key] = Response(key=r.key, error=f"{type(e).__name__}: {e}")
                 continue
-            key = (tuple(sorted(r.generation.to_dict().items())), bool(audios))
+            key = (_generation_key(r), bool(audios))
             groups.setdefault(key, []).append((r, conv, audios))
         bs = max(1, self.config.max_batch)
 
