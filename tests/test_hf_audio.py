@@ -103,41 +103,50 @@ def request(key: str, text: str, audio=None, max_new_tokens: int = 6, **gen) -> 
 
 
 # ---------------------------------------------------------------------------- the audio probe
-def audio_probe(model: HFAudioLM, clips: list[np.ndarray], prompt: str = "What sound is this?") -> None:
-    """Assert that audio reaches the forward pass: the audio tower runs on each clip's own features
-    and two clips under the same text give different next-token logits. Raises AssertionError
-    otherwise (this is what a dropped `audio=` must trip)."""
+MIN_LOGIT_DIFF = 1e-5  # two different clips under the same text must move the next-token logits more
+
+
+def first_step_logits(m: HFAudioLM, reqs) -> torch.Tensor:
+    """The next-token logits of the prompt(s) (one decoding step), rows in request order."""
+    got = []
+    h = m._model.lm_head.register_forward_hook(lambda mod, a, out: got.append(out[:, -1].detach().float().clone()))
+    try:
+        out = m.generate(reqs)
+    finally:
+        h.remove()
+    assert all(r.error is None for r in out), [r.error for r in out]
+    return got[0]
+
+
+def audio_probe(model: HFAudioLM, clips: list[np.ndarray], prompt: str = "What sound is this?",
+                expected_features=None) -> float:
+    """Run each clip alone under the same text (one decoding step) and check that the audio tower ran once
+    per clip on non-constant features that differ between the clips (and equal `expected_features(request)`,
+    when given). Returns the largest difference between the two clips' next-token logits: callers assert it
+    exceeds MIN_LOGIT_DIFF. A dropped `audio=` fails one of these (AssertionError)."""
     model.generate([request("warm", "hi", max_new_tokens=1)])  # load
-    net = model._model
-    tower = net.get_submodule("model.audio_tower")
-    seen, logits = [], []
+    tower = model._model.get_submodule("model.audio_tower")
+    seen, first = [], []
 
     def tower_hook(mod, args, kwargs, output):
-        feats = args[0] if args else kwargs["input_features"]
-        seen.append(feats.detach().float().clone())
+        seen.append((args[0] if args else kwargs["input_features"]).detach().float().clone())
 
-    def head_hook(mod, args, output):
-        if not logits or logits[-1] is not None:
-            logits.append(output[:, -1].detach().float().clone())
-
-    h1 = tower.register_forward_hook(tower_hook, with_kwargs=True)
-    h2 = net.lm_head.register_forward_hook(head_hook)
+    h = tower.register_forward_hook(tower_hook, with_kwargs=True)
     try:
-        first = []
         for i, x in enumerate(clips):
-            n_before = len(logits)
-            r = model.generate([request(f"p{i}", prompt, x, max_new_tokens=1)])[0]
-            assert r.error is None, f"generation failed: {r.error}"
+            r = request(f"p{i}", prompt, x, max_new_tokens=1)
+            first.append(first_step_logits(model, [r])[0])
             assert len(seen) == i + 1, "the audio tower was not called: the audio never reached the model"
-            first.append(logits[n_before])
-        for f in seen:
-            assert float(f.std()) > 0, "the audio tower saw constant (empty) features"
-        assert not torch.allclose(seen[0], seen[1]), "both clips gave the same features to the audio tower"
-        diff = float((first[0] - first[1]).abs().max())
-        assert diff > 1e-5, f"two different clips gave the same logits (max diff {diff}): audio is ignored"
+            if expected_features is not None:
+                want = expected_features(r)
+                assert seen[i].shape == want.shape and torch.allclose(seen[i], want), \
+                    "the audio tower did not get this clip's features"
     finally:
-        h1.remove()
-        h2.remove()
+        h.remove()
+    for f in seen:
+        assert float(f.std()) > 0, "the audio tower saw constant (empty) features"
+    assert not torch.allclose(seen[0], seen[1]), "both clips gave the same features to the audio tower"
+    return float((first[0] - first[1]).abs().max())
 
 
 # ---------------------------------------------------------------------------- tests
@@ -232,7 +241,7 @@ def test_bad_request_fails_alone(adapter, tmp_path):
 
 
 def test_audio_reaches_the_model(adapter):
-    audio_probe(adapter, [clip(11), clip(12, kind="tone")])
+    assert audio_probe(adapter, [clip(11), clip(12, kind="tone")]) > MIN_LOGIT_DIFF
 
 
 def test_probe_fails_when_audio_is_passed_as_audios(tiny_dir, monkeypatch):
@@ -241,7 +250,7 @@ def test_probe_fails_when_audio_is_passed_as_audios(tiny_dir, monkeypatch):
     monkeypatch.setitem(PRESETS, "qwen2-audio", dataclasses.replace(PRESETS["qwen2-audio"], audio_kwarg="audios"))
     broken = HFAudioLM.from_args({"preset": "qwen2-audio", "path": str(tiny_dir)})
     with pytest.raises(AssertionError):
-        audio_probe(broken, [clip(11), clip(12, kind="tone")])
+        assert audio_probe(broken, [clip(11), clip(12, kind="tone")]) > MIN_LOGIT_DIFF
 
 
 def test_probe_fails_when_audio_is_silently_dropped(tiny_dir, monkeypatch):
@@ -254,7 +263,7 @@ def test_probe_fails_when_audio_is_silently_dropped(tiny_dir, monkeypatch):
     real_encode = broken._encode
     monkeypatch.setattr(broken, "_encode", lambda convs, audios: real_encode(convs, [[] for _ in audios]))
     with pytest.raises(AssertionError, match="audio tower was not called"):
-        audio_probe(broken, [clip(11), clip(12, kind="tone")])
+        assert audio_probe(broken, [clip(11), clip(12, kind="tone")]) > MIN_LOGIT_DIFF
 
 
 def test_sampling_is_opt_in_and_seeded(adapter):
@@ -316,7 +325,7 @@ def test_generic_model_uses_checkpoint_architecture(tiny_dir):
     out = m.generate([request("g", "Hi.", clip(2))])
     assert out[0].error is None
     assert m.info()["model_class"] == "Qwen2AudioForConditionalGeneration"
-    audio_probe(m, [clip(11), clip(12, kind="tone")])
+    assert audio_probe(m, [clip(11), clip(12, kind="tone")]) > MIN_LOGIT_DIFF
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -327,7 +336,7 @@ def test_gpu_smoke(tiny_dir):
     assert all(r.error is None for r in out), [r.error for r in out]
     info = m.info()
     assert info["device"].startswith("cuda") and info["dtype"] in ("bfloat16", "float16")
-    audio_probe(m, [clip(11), clip(12, kind="tone")])
+    assert audio_probe(m, [clip(11), clip(12, kind="tone")]) > MIN_LOGIT_DIFF
 
 
 def test_runner_end_to_end(toy, tiny_dir, monkeypatch):

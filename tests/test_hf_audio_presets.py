@@ -37,7 +37,14 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_hf_audio import check_left_padded_batch_equals_single, clip, request  # noqa: E402
+from test_hf_audio import (  # noqa: E402
+    MIN_LOGIT_DIFF,
+    audio_probe,
+    check_left_padded_batch_equals_single,
+    clip,
+    first_step_logits,
+    request,
+)
 
 from evalkit.models.hf_audio import PRESETS, HFAudioLM  # noqa: E402
 
@@ -308,18 +315,6 @@ def adapters(tiny_dirs, tmp_path_factory, omni_patch):
 ALL = [OMNI, AF3, VOXTRAL]
 
 
-def _first_step_logits(m: HFAudioLM, reqs) -> torch.Tensor:
-    """The next-token logits of the prompt(s) (one decoding step), rows in request order."""
-    got = []
-    h = m._model.lm_head.register_forward_hook(lambda mod, a, out: got.append(out[:, -1].detach().float().clone()))
-    try:
-        out = m.generate(reqs)
-    finally:
-        h.remove()
-    assert all(r.error is None for r in out), [r.error for r in out]
-    return got[0]
-
-
 def _tower_input(name: str, enc: dict) -> torch.Tensor:
     """What the audio encoder must receive for these processor outputs."""
     feats = enc["input_features"].float()
@@ -339,45 +334,25 @@ def test_batch_of_three_equals_one_by_one(adapters, name):
     check_left_padded_batch_equals_single(m, reqs, name)
     # also at the logits level (texts of a random tiny model can coincide)
     one_step = [request(r.key, r.messages[0]["content"][1]["text"], c, max_new_tokens=1) for r, c in zip(reqs, clips)]
-    lb = _first_step_logits(m, one_step)
+    lb = first_step_logits(m, one_step)
     for i, r in enumerate(one_step):
-        ls = _first_step_logits(m, [r])[0]
+        ls = first_step_logits(m, [r])[0]
         assert torch.allclose(lb[i], ls, atol=1e-4, rtol=1e-4), (name, r.key, float((lb[i] - ls).abs().max()))
     assert m.info()["generation"]["do_sample"] is False
 
 
-def audio_probe(m: HFAudioLM, name: str) -> None:
-    """Assert that the audio encoder runs on each clip's own features and that two clips give
-    different logits; AssertionError otherwise (what dropped audio must trip)."""
-    m.generate([request("warm", "hi", max_new_tokens=1)])  # load
-    tower = m._model.get_submodule("model.audio_tower")
-    seen = []
+def probe(m: HFAudioLM, name: str) -> float:
+    """test_hf_audio's audio probe, also checking that the encoder gets exactly the processor's features."""
+    def expected(r):
+        conv, audios = m._conversation(r)
+        return _tower_input(name, m._encode([conv], [audios]))
 
-    def hook(mod, args, kwargs, output):
-        seen.append((args[0] if args else kwargs["input_features"]).detach().float().clone())
-
-    clips = [clip(11), clip(12, kind="tone")]
-    logits = []
-    h = tower.register_forward_hook(hook, with_kwargs=True)
-    try:
-        for i, x in enumerate(clips):
-            r = request(f"p{i}", "What sound is this?", x, max_new_tokens=1)
-            logits.append(_first_step_logits(m, [r])[0])
-            assert len(seen) == i + 1, f"{name}: the audio encoder was not called: the audio never reached the model"
-            conv, audios = m._conversation(r)
-            want = _tower_input(name, m._encode([conv], [audios]))
-            assert seen[i].shape == want.shape and torch.allclose(seen[i], want), \
-                f"{name}: the audio encoder did not get this clip's features"
-    finally:
-        h.remove()
-    assert float(seen[0].std()) > 0 and not torch.allclose(seen[0], seen[1])
-    diff = float((logits[0] - logits[1]).abs().max())
-    assert diff > 1e-5, f"{name}: two different clips gave the same logits (max diff {diff}): audio is ignored"
+    return audio_probe(m, [clip(11), clip(12, kind="tone")], expected_features=expected)
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_audio_reaches_the_model(adapters, name):
-    audio_probe(adapters(name), name)
+    assert probe(adapters(name), name) > MIN_LOGIT_DIFF
 
 
 @pytest.mark.parametrize("name", [OMNI, AF3])
@@ -387,7 +362,7 @@ def test_probe_fails_when_audio_goes_under_the_wrong_keyword(adapters, tiny_dirs
     broken = HFAudioLM.from_args({"preset": name, "path": str(tiny_dirs[name]), "dtype": "float32", "device": "cpu"})
     broken.audio_kwarg = "audios"
     with pytest.raises(AssertionError):
-        audio_probe(broken, name)
+        assert probe(broken, name) > MIN_LOGIT_DIFF
 
 
 def test_voxtral_probe_fails_when_audio_is_dropped(adapters, tiny_dirs, monkeypatch):
@@ -401,8 +376,8 @@ def test_voxtral_probe_fails_when_audio_is_dropped(adapters, tiny_dirs, monkeypa
         return [{**t, "content": [p for p in t["content"] if p["type"] != "audio"]} for t in conv], audios
 
     monkeypatch.setattr(broken, "_conversation", no_audio)
-    with pytest.raises(AssertionError, match="audio encoder was not called"):
-        audio_probe(broken, VOXTRAL)
+    with pytest.raises(AssertionError, match="audio tower was not called"):
+        assert probe(broken, VOXTRAL) > MIN_LOGIT_DIFF
 
 
 @pytest.mark.parametrize("name", ALL)
