@@ -110,13 +110,14 @@ class VLLMRequestError(ValueError):
     """A request that cannot be turned into a vLLM input; becomes that sample's error."""
 
 
-def require_vllm() -> Any:
+def require_vllm(needed_by: str = "the 'vllm' model adapter",
+                 requirement: str = "Linux with a CUDA GPU; see https://docs.vllm.ai", alternative: str = "") -> Any:
+    """`import vllm`, or a VLLMMissingError naming who needs it, the extra to install and any alternative."""
     try:
         import vllm
     except ImportError as e:
         raise VLLMMissingError(
-            f"the 'vllm' model adapter needs vLLM, which is not installed ({e}): {INSTALL_HINT} "
-            "(Linux with a CUDA GPU; see https://docs.vllm.ai)") from None
+            f"{needed_by} needs vLLM, which is not installed ({e}): {INSTALL_HINT} ({requirement}){alternative}") from None
     return vllm
 
 

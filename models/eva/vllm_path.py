@@ -31,7 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-INSTALL_HINT = "pip install 'evalkit[vllm]'"
+from evalkit.models import vllm_audio
+
 TEXT_BLANK = 151666  # <|im_kimia_text_blank|> (confirmed; kimi.TEXT_BLANK)
 KIMIA_ARCH = "MoonshotKimiaForCausalLM"  # the release's registration name (= the Kimi snapshot's architecture)
 EVA_ARCH = "EvAKimiaForCausalLM"  # the name the engine is pointed at (see module docstring)
@@ -42,18 +43,9 @@ LLM_PREFIXES = ("model.layers.", "model.embed_tokens.", "model.norm.", "lm_head.
 TEXT_BLANK_KEY = "eva_text_blank_id"  # hf_overrides key: reaches every vLLM process with the model config
 
 
-class EvAVLLMMissingError(ImportError):
-    pass
-
-
 def require_vllm() -> Any:
-    try:
-        import vllm
-    except ImportError as e:
-        raise EvAVLLMMissingError(
-            f"EvA with -M engine=vllm needs vLLM, which is not installed ({e}): {INSTALL_HINT} "
-            "(Linux with a CUDA GPU, a vLLM with prompt-embeds support); or use -M engine=transformers") from None
-    return vllm
+    return vllm_audio.require_vllm("EvA with -M engine=vllm", "Linux with a CUDA GPU, a vLLM with prompt-embeds support",
+                                   "; or use -M engine=transformers")
 
 
 # ----------------------------------------------------------------------------- pure pieces (tested without vLLM)
@@ -259,10 +251,8 @@ def run_prompts(llm: Any, prompts: list[dict[str, Any]], params: dict[str, Any] 
         raise ValueError(f"{len(prompts)} prompts but {len(plist)} parameter sets")
     stop_set = {int(t) for t in (stops if stops is not None else
                                  {t for p in plist for t in (p.get("stop_token_ids") or [])})}
-    from evalkit.models.vllm_audio import generate_isolated
-
     inputs = [{"prompt_embeds": _cpu(p["prompt_embeds"])} for p in prompts]
-    return generate_isolated(llm, inputs, [sampling_kwargs(p) for p in plist], vllm.SamplingParams,
+    return vllm_audio.generate_isolated(llm, inputs, [sampling_kwargs(p) for p in plist], vllm.SamplingParams,
                              lambda o: _result(o, stop_set))
 
 
