@@ -1,13 +1,17 @@
 """What the fake `vllm` packages of the tests share: the interface of vLLM 0.33 that evalkit calls.
 
-Each test writes a fake package whose `__init__.py` is `INTERFACE` + its own `LLM` class (what reaches the
+Each test installs (`install`) a fake package whose `__init__.py` is `INTERFACE` + its own `LLM` class (what reaches the
 engine and what it answers differ per test). The fake refuses what the real one refuses at construction:
 an unknown `vllm.LLM` / `SamplingParams` keyword (EngineArgs is a dataclass, SamplingParams a msgspec
 Struct: any other keyword is a TypeError), a non-string model, out-of-range sampling settings.
 """
 from __future__ import annotations
 
+import importlib
+import sys
 import textwrap
+from collections.abc import Callable
+from pathlib import Path
 
 INTERFACE = textwrap.dedent('''
     """A stand-in for vllm (interface of vLLM 0.33)."""
@@ -48,3 +52,35 @@ INTERFACE = textwrap.dedent('''
             raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument {sorted(bad)[0]!r}")
         return dict(kw, model=model)
 ''')
+
+
+def _vllm_modules() -> list[str]:
+    return [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]
+
+
+def install(root: Path, init_source: str, files: dict[str, str] | None = None) -> Callable[[], None]:
+    """Write a fake `vllm` package under `root` (its `__init__.py`, plus submodules given by path inside the
+    package, e.g. {"model_executor/models/qwen2.py": source}), put `root` first on sys.path and forget any
+    imported vllm modules. Returns the undo (restores sys.path and the modules that were there)."""
+    pkg = root / "vllm"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(init_source)
+    for rel, source in (files or {}).items():
+        f = pkg / rel
+        for d in reversed(f.relative_to(pkg).parents[:-1]):  # intermediate packages
+            (pkg / d).mkdir(exist_ok=True)
+            (pkg / d / "__init__.py").touch()
+        f.write_text(source)
+    saved = {m: sys.modules.pop(m) for m in _vllm_modules()}
+    sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
+
+    def undo() -> None:
+        if str(root) in sys.path:
+            sys.path.remove(str(root))
+        for m in _vllm_modules():
+            sys.modules.pop(m)
+        sys.modules.update(saved)
+
+    return undo
+

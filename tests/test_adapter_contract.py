@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -515,21 +514,10 @@ LLM.generate = _generate_with_empty
 
 
 def build_vllm(request, b: Built) -> None:
+    from fake_vllm import install
     from test_vllm_requests import FAKE_VLLM
 
-    pkg = b.tmp / "fakevllm" / "vllm"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(FAKE_VLLM + FAKE_VLLM_EMPTY)
-    saved = sys.modules.pop("vllm", None)
-    sys.path.insert(0, str(pkg.parent))
-
-    def restore():
-        sys.path.remove(str(pkg.parent))
-        sys.modules.pop("vllm", None)
-        if saved is not None:
-            sys.modules["vllm"] = saved
-
-    b.cleanup.append(restore)
+    b.cleanup.append(install(b.tmp / "fakevllm", FAKE_VLLM + FAKE_VLLM_EMPTY))
     from evalkit.models.vllm_audio import VLLMAudio, VLLMConfig
 
     _file_clips(b, request)

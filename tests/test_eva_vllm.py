@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from fake_vllm import INTERFACE  # noqa: E402
+from fake_vllm import INTERFACE, install  # noqa: E402
 from test_eva_model import TOK, enc_text, request, semantic, tiny_kimi, wave  # noqa: E402
 
 from evalkit.models.eva import EvA  # noqa: E402
@@ -115,21 +115,10 @@ FAKE_QWEN2 = textwrap.dedent('''
 
 
 @pytest.fixture
-def fake_vllm(tmp_path, monkeypatch):
-    root = tmp_path / "fakevllm"
-    pkg = root / "vllm"
-    (pkg / "model_executor" / "models").mkdir(parents=True)
-    (pkg / "__init__.py").write_text(FAKE_VLLM)
-    (pkg / "model_executor" / "__init__.py").write_text("")
-    (pkg / "model_executor" / "models" / "__init__.py").write_text("")
-    (pkg / "model_executor" / "models" / "qwen2.py").write_text(FAKE_QWEN2)
-    for m in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        monkeypatch.delitem(sys.modules, m)
-    monkeypatch.syspath_prepend(str(root))
-    vllm = importlib.import_module("vllm")
-    yield vllm
-    for m in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        sys.modules.pop(m, None)
+def fake_vllm(tmp_path):
+    undo = install(tmp_path / "fakevllm", FAKE_VLLM, {"model_executor/models/qwen2.py": FAKE_QWEN2})
+    yield importlib.import_module("vllm")
+    undo()
 
 
 def eva_vllm(**kw) -> tuple[EvA, object]:

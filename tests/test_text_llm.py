@@ -107,13 +107,10 @@ def test_openai_backend_against_fake_server():
 
 # ---- vllm ----------------------------------------------------------------------------------------
 def test_vllm_backend_text_prompts(tmp_path, monkeypatch):
+    from fake_vllm import install
     from test_vllm_requests import FAKE_VLLM
 
-    pkg = tmp_path / "fv" / "vllm"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(FAKE_VLLM)
-    monkeypatch.delitem(sys.modules, "vllm", raising=False)
-    monkeypatch.syspath_prepend(str(pkg.parent))
+    undo = install(tmp_path / "fv", FAKE_VLLM)
     try:
         from evalkit.models.text_llm import TextLLM
 
@@ -126,4 +123,4 @@ def test_vllm_backend_text_prompts(tmp_path, monkeypatch):
         assert "--no-audio" in out[1].error
         assert llm.calls == [1]
     finally:
-        sys.modules.pop("vllm", None)
+        undo()

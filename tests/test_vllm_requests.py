@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from fake_vllm import INTERFACE
+from fake_vllm import INTERFACE, install
 
 from evalkit.types import AudioRef, GenerationConfig, Request
 
@@ -79,14 +79,10 @@ def va():
 
 
 @pytest.fixture
-def fake_vllm(tmp_path, monkeypatch):
-    pkg = tmp_path / "fakevllm" / "vllm"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(FAKE_VLLM)
-    monkeypatch.delitem(sys.modules, "vllm", raising=False)
-    monkeypatch.syspath_prepend(str(pkg.parent))
-    yield pkg.parent
-    sys.modules.pop("vllm", None)
+def fake_vllm(tmp_path):
+    undo = install(tmp_path / "fakevllm", FAKE_VLLM)
+    yield tmp_path / "fakevllm"
+    undo()
 
 
 # ---- no vllm -----------------------------------------------------------------------------
