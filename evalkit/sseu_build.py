@@ -56,7 +56,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,6 +300,17 @@ def _find_first(root: Path, candidates: Sequence[str]) -> Path | None:
     return None
 
 
+def _event_tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of a DCASE event table (tab-separated, header filename/onset/offset/event_label:
+    DESED's public.tsv, MAESTRO's gt_dev.csv); a file with another header is refused."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:4]] != ["filename", "onset", "offset", "event_label"]:
+            raise SSEUBuildError(f"{path}: expected header filename/onset/offset/event_label, got {header}")
+        yield from enumerate(reader, start=2)
+
+
 def read_desed(root: str | os.PathLike) -> list[BackgroundItem]:
     """DESED public evaluation set: `metadata/eval/public.tsv` + `audio/eval/public/*.wav`
     (also accepts the parent of `dataset/`). Clips with any Speech event are excluded."""
@@ -315,22 +326,17 @@ def read_desed(root: str | os.PathLike) -> list[BackgroundItem]:
     if audio_dir is None:
         raise SSEUBuildError(f"--desed: no audio/eval/public/ folder under {root}")
     clips: dict[str, list[dict[str, Any]]] = {}
-    with open(tsv, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:4]] != ["filename", "onset", "offset", "event_label"]:
-            raise SSEUBuildError(f"{tsv}: expected header filename/onset/offset/event_label, got {header}")
-        for i, row in enumerate(reader, start=2):
-            if not row or not row[0].strip():
-                continue
-            row = (row + ["", "", ""])[:4]
-            fn, on, off, lab = (c.strip() for c in row)
-            evs = clips.setdefault(fn, [])
-            if lab:
-                try:
-                    evs.append({"label": lab, "onset": float(on), "offset": float(off)})
-                except ValueError:
-                    raise SSEUBuildError(f"{tsv}: line {i}: bad onset/offset {on!r}/{off!r}") from None
+    for i, row in _event_tsv_rows(tsv):
+        if not row or not row[0].strip():
+            continue
+        row = (row + ["", "", ""])[:4]
+        fn, on, off, lab = (c.strip() for c in row)
+        evs = clips.setdefault(fn, [])
+        if lab:
+            try:
+                evs.append({"label": lab, "onset": float(on), "offset": float(off)})
+            except ValueError:
+                raise SSEUBuildError(f"{tsv}: line {i}: bad onset/offset {on!r}/{off!r}") from None
     items = []
     for fn in sorted(clips):
         evs = clips[fn]
@@ -379,18 +385,13 @@ def read_maestro(root: str | os.PathLike, window_s: float = MAESTRO_WINDOW_S) ->
     gt_rows: dict[str, list[tuple[str, float, float]]] | None = None
     if gt is not None:
         gt_rows = {}
-        with open(gt, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f, delimiter="\t")
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header[:4]] != ["filename", "onset", "offset", "event_label"]:
-                raise SSEUBuildError(f"{gt}: expected header filename/onset/offset/event_label, got {header}")
-            for i, row in enumerate(reader, start=2):
-                if len(row) < 4:
-                    continue
-                try:
-                    gt_rows.setdefault(Path(row[0].strip()).stem, []).append((row[3].strip(), float(row[1]), float(row[2])))
-                except ValueError:
-                    raise SSEUBuildError(f"{gt}: line {i}: bad onset/offset") from None
+        for i, row in _event_tsv_rows(gt):
+            if len(row) < 4:
+                continue
+            try:
+                gt_rows.setdefault(Path(row[0].strip()).stem, []).append((row[3].strip(), float(row[1]), float(row[2])))
+            except ValueError:
+                raise SSEUBuildError(f"{gt}: line {i}: bad onset/offset") from None
     items = []
     for scene_dir in sorted(p for p in audio_root.iterdir() if p.is_dir()):
         if scene_dir.name not in MAESTRO_SCENES:
