@@ -319,10 +319,14 @@ def adapter_processor_weights(adapter_dir: str | Path) -> dict[str, torch.Tensor
         trained = {k[len(MODULES_TO_SAVE):]: v for k, v in sd.items() if k.startswith(MODULES_TO_SAVE)}
         plain = trained or {k: v for k, v in sd.items() if not k.startswith("original_module.")}
         return {OMNI_PREFIX + k: v for k, v in plain.items()}
-    from peft import load_peft_weights
-
     head = PEFT_PREFIX + OMNI_PREFIX
-    sd = load_peft_weights(str(root), device="cpu")
+    safetensors = root / "adapter_model.safetensors"
+    if safetensors.is_file():  # read only these tensors: apply_lora_adapter has read the LoRA ones already
+        sd = read_prefixed(safetensors, (head,))
+    else:
+        from peft import load_peft_weights
+
+        sd = load_peft_weights(str(root), device="cpu")
     return {OMNI_PREFIX + k[len(head):]: v for k, v in sd.items() if k.startswith(head) and "lora_" not in k}
 
 
