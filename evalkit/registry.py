@@ -49,13 +49,6 @@ class RegistryError(KeyError):
         return str(self.args[0])
 
 
-def register_builtin(kind: str, name: str, target: str) -> None:
-    table = BUILTIN_TASKS if kind == "task" else BUILTIN_MODELS
-    if name in table and table[name] != target:
-        raise RegistryError(f"duplicate {kind} name {name!r}: {table[name]} and {target}")
-    table[name] = target
-
-
 @cache
 def _table(kind: str) -> dict[str, str]:
     table = dict(BUILTIN_TASKS if kind == "task" else BUILTIN_MODELS)
