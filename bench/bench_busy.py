@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from common import register
 
+from evalkit.engine.runner import ModelHolder, RunSpec, run_task
 from evalkit.models.base import AdapterConfig, Model
-from evalkit.runner import ModelHolder, RunSpec, run_task
 from evalkit.types import AudioRef, Response
 
 

@@ -1,7 +1,7 @@
 """Captioner calls per task run through the cascade, with the caption cache.
 
 An audio MCQ task with several questions per clip (as MMAU/MMAR have), run through
-evalkit.runner.run_task with `-M captioner=... -M llm=...`, small runner batches so that
+evalkit.engine.runner.run_task with `-M captioner=... -M llm=...`, small runner batches so that
 questions on one clip land in different batches. Target: captioner calls == distinct clips
 on a cold cache, 0 on a warm one (another LLM, another task variant). Prints calls vs clips.
 Usage: python bench/bench_cascade.py [N_CLIPS] [QUESTIONS_PER_CLIP]
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from common import register
 
+from evalkit.engine.runner import ModelHolder, RunSpec, run_task
 from evalkit.models.base import AdapterConfig, Model
-from evalkit.runner import ModelHolder, RunSpec, run_task
 from evalkit.types import Response
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from common import register
 
+from evalkit.engine.runner import RunSpec, run_task
 from evalkit.models.base import AdapterConfig, Model
-from evalkit.runner import RunSpec, run_task
 from evalkit.types import Response
 
 
@@ -44,7 +44,7 @@ def main(n: int = 10_000) -> None:
                                     for i in range(n)]))
         spec = RunSpec(model="bench-instant", task="bench-json-text-mcq", task_args={"data": str(data)},
                        output=Path(tmp) / "runs")
-        from evalkit.runner import ModelHolder
+        from evalkit.engine.runner import ModelHolder
 
         holder = ModelHolder("bench-instant", {})
         t0 = time.perf_counter()

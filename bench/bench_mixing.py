@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402 (after the thread settings above)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from evalkit import mixing  # noqa: E402
 from evalkit.audio import resample  # noqa: E402
+from evalkit.tasks.sseu import mixing  # noqa: E402
 
 SNRS = [math.inf, 10.0, 5.0, 0.0, -5.0, -10.0, -math.inf]
 SR = 44100

@@ -50,7 +50,7 @@ def make_predictions(n: int, seed: int = 0):
 def score(scenes, events, y_scene, y_events, embedder):
     import numpy as np
 
-    from evalkit import sseu_scoring as S
+    from evalkit.tasks.sseu import scoring as S
 
     conf = S.scene_confidences(scenes, SCENES, embedder)
     macc = S.macc_metric(y_scene, conf.argmax(axis=1), [str(i) for i in range(len(scenes))])
@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--embedder", default="minilm")
     args = ap.parse_args()
-    from evalkit.embedders import EmbeddingCache, get_embedder
+    from evalkit.text_embedders import EmbeddingCache, get_embedder
 
     scenes, events, y_scene, y_events = make_predictions(args.n)
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,10 +5,19 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from evalkit.types import AudioRef
+
+class AudioSource(Protocol):
+    """What decode_audio reads (evalkit.types.AudioRef is one); a Protocol, so this module imports
+    nothing from evalkit."""
+
+    path: Path | None
+    data: bytes | None
+    array: Any
+    sample_rate: int | None
+
+    def describe(self) -> str: ...
 
 
 class AudioError(ValueError):
@@ -43,7 +52,7 @@ def resample(x, sr_in: int, sr_out: int):
     return soxr.resample(x, sr_in, sr_out, quality="HQ")
 
 
-def decode_audio(ref: AudioRef, sample_rate: int | None = None):
+def decode_audio(ref: AudioSource, sample_rate: int | None = None):
     """(float32 mono array, rate) for an AudioRef; raises AudioError naming the source."""
     import numpy as np
 

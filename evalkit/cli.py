@@ -5,6 +5,7 @@ work is imported inside the commands that need it.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from pathlib import Path
@@ -20,9 +21,7 @@ app = typer.Typer(
          "-T data=mmau-test-mini.json -T audio_root=./mmau",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build benchmark data from its sources.", no_args_is_help=True)
-build_app = typer.Typer(help="Build a benchmark's clips and manifest from its source corpora.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-data_app.add_typer(build_app, name="build")
 console = Console(stderr=True)
 out = Console()
 
@@ -143,7 +142,7 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Evaluate a model on one or more tasks. Running the same command again resumes the run."""
-    from evalkit.runner import ModelFailure, ModelHolder, RunConfigError, RunSpec, parse_shard, run_task
+    from evalkit.engine.runner import ModelFailure, ModelHolder, RunConfigError, RunSpec, parse_shard, run_task
     from evalkit.types import GenerationConfig
 
     if choices not in ("balanced", "original", "circular"):
@@ -217,7 +216,7 @@ def list_(what: str = typer.Argument("tasks", help="tasks or models")) -> None:
 @app.command()
 def score(run_dir: Path = typer.Argument(..., help="A run directory (holds run.json and samples.jsonl).")) -> None:
     """Re-score a finished run from its samples.jsonl without calling the model."""
-    from evalkit.runner import RunResult, rescore
+    from evalkit.engine.runner import RunResult, rescore
 
     try:
         run = rescore(run_dir)
@@ -233,7 +232,7 @@ def leaderboard(
     fmt: str = typer.Option("json", "--format", help="json, md or csv."),
 ) -> None:
     """Export one row per (model, task): main metric, CI, n, split scores, run id."""
-    from evalkit import leaderboard as lb
+    from evalkit.results import leaderboard as lb
 
     try:
         board = lb.build([lb.load_run(p) for p in run_dirs])
@@ -252,7 +251,7 @@ def check(
     tolerance: float | None = typer.Option(None, help="Allowed drop in metric units; default: paired test."),
 ) -> None:
     """Exit 1 when a metric dropped beyond tolerance (or significantly, by a paired test)."""
-    from evalkit.check import check as run_check
+    from evalkit.results.check import check as run_check
 
     try:
         failed, rows = run_check(run_dir, baseline, tolerance)
@@ -274,42 +273,78 @@ def _print_build(summary: dict[str, Any]) -> None:
     out.print_json(data={k: v for k, v in summary.items() if not isinstance(v, (list, dict)) or len(str(v)) < 400})
 
 
-@build_app.command("sseu")
-def data_sseu(
-    vctk: Path = typer.Option(..., help="VCTK root (wav48_silence_trimmed/ + txt/, or wav48/ + txt/)."),
-    out_dir: Path = typer.Option(..., "--out", help="Output folder (clips/, manifest.jsonl, sseu.json)."),
-    desed: Path | None = typer.Option(None, help="DESED public evaluation set root (scene: home)."),
-    maestro: Path | None = typer.Option(None, help="MAESTRO-Real development root (five scenes)."),
-    snr: list[str] | None = typer.Option(None, help="SNR in dB, +inf or -inf; repeat (default: all seven)."),
-    seed: int = typer.Option(0, help="Pairing and offsets seed."),
-    limit: int | None = typer.Option(None, help="Only the first N speech/background pairs."),
-    event_classes: str = typer.Option("A", help="Event class list: A (default), B, or a TSV file."),
-    stems: bool = typer.Option(False, help="Also write the speech and background parts of each clip."),
-) -> None:
-    """Build SSEU-Bench mixtures from VCTK, DESED and MAESTRO-Real (resumable, deterministic)."""
-    from evalkit.sseu_build import SSEUBuildError, build
+def parse_builder_args(tokens: list[str], options_cls) -> dict[str, Any]:
+    """`--field value` / `--field=value` / `--flag` (booleans) into a builder's option fields;
+    a list field takes the option repeated. Values are validated by the builder's pydantic model."""
+    fields = options_cls.model_fields
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--"):
+            raise typer.BadParameter(f"unexpected argument {tok!r}; options look like --name value")
+        name, eq, value = tok[2:].partition("=")
+        key = name.replace("-", "_")
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean --{close[0].replace('_', '-')}?)" if close else ""
+            raise typer.BadParameter(f"unknown option --{name}{hint}; valid: "
+                                     + ", ".join("--" + f.replace("_", "-") for f in fields))
+        annotation = str(fields[key].annotation)
+        if not eq and annotation == "<class 'bool'>":
+            value = "true"
+        elif not eq:
+            if i + 1 >= len(tokens):
+                raise typer.BadParameter(f"--{name} needs a value")
+            i += 1
+            value = tokens[i]
+        if annotation.startswith(("list", "typing.List")) or "list[" in annotation:
+            out.setdefault(key, []).append(value)
+        else:
+            out[key] = value
+        i += 1
+    return out
 
+
+def builder_help(name: str, builder) -> str:
+    lines = [f"evalkit data build {name} [OPTIONS]", "", builder.description, "", "Options:"]
+    for field_name, f in builder.Options.model_fields.items():
+        default = "required" if f.is_required() else f"default: {f.default}"
+        lines.append(f"  --{field_name.replace('_', '-'):<16} {f.description or ''} ({default})")
+    return "\n".join(lines)
+
+
+@data_app.command("build", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                  add_help_option=False)
+def data_build(ctx: typer.Context, name: str = typer.Argument(None, help="Builder name (see `evalkit data build`).")) -> None:
+    """Build a benchmark's clips and manifest from its source corpora: `evalkit data build NAME --help`
+    lists NAME's options (e.g. `evalkit data build sseu --vctk D --desed D --maestro D --out D`)."""
+    from pydantic import ValidationError
+
+    from evalkit import registry
+
+    if name in (None, "--help", "-h"):
+        out.print("evalkit data build NAME [OPTIONS]   (NAME --help for its options)\n")
+        for b in registry.names("builder"):
+            out.print(f"  {b:<12} {registry.get_builder(b).description}")
+        return
     try:
-        summary = build(vctk, desed, maestro, out_dir, snrs=snr, seed=seed, limit=limit, progress=True,
-                        event_classes=event_classes, stems=stems)
-    except (SSEUBuildError, FileNotFoundError) as e:
+        builder = registry.get_builder(name)
+    except registry.RegistryError as e:
         fail(str(e))
-    _print_build(summary)
-
-
-@build_app.command("sseu-synth")
-def data_sseu_synth(
-    out_dir: Path = typer.Option(Path("data/sseu-synth"), "--out", help="Output folder."),
-    seed: int = typer.Option(0, help="Seed for backgrounds and pairing."),
-    pairs: int = typer.Option(12, help="Speech/background pairs (each at every SNR)."),
-    snr: list[str] | None = typer.Option(None, help="SNR in dB, +inf or -inf; repeat (default: all seven)."),
-) -> None:
-    """Build the small SYNTHETIC offline set (espeak-ng speech + procedural scenes), in seconds."""
-    from evalkit.sseu_build import SSEUBuildError, build_synthetic
-
+    if "--help" in ctx.args or "-h" in ctx.args:
+        out.print(builder_help(name, builder), markup=False, highlight=False)
+        return
     try:
-        summary = build_synthetic(out_dir, seed=seed, snrs=snr, n_pairs=pairs, progress=True)
-    except SSEUBuildError as e:
+        options = builder.Options(**parse_builder_args(list(ctx.args), builder.Options))
+    except typer.BadParameter as e:
+        fail(f"data build {name}: {e}")
+    except ValidationError as e:
+        problems = "; ".join(f"--{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}" for err in e.errors())
+        fail(f"data build {name}: {problems}")
+    try:
+        summary = builder().build(options, progress=True)
+    except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     _print_build(summary)
 
@@ -320,8 +355,8 @@ def merge(
     out_dir: Path = typer.Option(..., "--out", help="Directory for the merged run."),
 ) -> None:
     """Merge `--shard I/N` runs made on separate machines into one run (equal to an unsharded run)."""
-    from evalkit.merge import merge as merge_runs
-    from evalkit.runner import RunResult
+    from evalkit.engine.runner import RunResult
+    from evalkit.results.merge import merge as merge_runs
 
     try:
         path = merge_runs(run_dirs, out_dir)
@@ -340,8 +375,8 @@ def plot(
     out_file: Path = typer.Option(..., "--out", help="PNG file to write."),
 ) -> None:
     """Plot a metric per group (with 95% CIs), one line per run."""
-    from evalkit.leaderboard import load_run
-    from evalkit.plot import metric_by_group
+    from evalkit.results.leaderboard import load_run
+    from evalkit.results.plot import metric_by_group
 
     try:
         path = metric_by_group([load_run(p) for p in run_dirs], metric, by, out_file)
@@ -351,7 +386,7 @@ def plot(
 
 
 def snr_table(run: dict[str, Any], metric: str) -> Table:
-    from evalkit.plot import SNR_ORDER
+    from evalkit.results.plot import SNR_ORDER
 
     groups = run["groups"].get("snr", {})
     synthetic = " - SYNTHETIC data" if run["task"]["source"].get("synthetic") else ""
@@ -381,17 +416,18 @@ def demo(
     scenes), runs ASR, prints WER per SNR, writes run.json/samples.jsonl, a
     leaderboard JSON and a WER-versus-SNR plot. Runs again resume (zero model calls).
     """
-    from evalkit import leaderboard as lb
-    from evalkit.plot import metric_by_group
-    from evalkit.runner import RunSpec, run_task
-    from evalkit.sseu_build import SSEUBuildError, build_synthetic
+    from evalkit import registry
+    from evalkit.engine.runner import RunSpec, run_task
+    from evalkit.results import leaderboard as lb
+    from evalkit.results.plot import metric_by_group
 
     data_dir, runs_dir = out_dir / "sseu-synth", out_dir / "runs"
+    builder = registry.get_builder("sseu-synth")
     try:
-        build_synthetic(data_dir, seed=0, n_pairs=pairs, progress=False)
+        builder().build(builder.Options(out=data_dir, seed=0, pairs=pairs), progress=False)
         result = run_task(RunSpec(model="whisper", task="sseu-asr", task_args={"data": str(data_dir)},
                                   output=runs_dir), progress=RichProgress(enabled=not quiet))
-    except (SSEUBuildError, ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
         fail(str(e))
     out.print(snr_table(result.run, "wer"))
     board = out_dir / "leaderboard.json"

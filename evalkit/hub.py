@@ -9,17 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from evalkit.errors import TaskDataError
 from evalkit.types import AudioRef
 
 OFFLINE_HINT = ("To run offline, download the data once and pass it with "
                 "`-T data=PATH -T audio_root=DIR`, or set HF_HUB_OFFLINE=1 with the dataset "
                 "already in the Hugging Face cache (HF_HOME / HF_DATASETS_CACHE).")
-
-
-def _task_data_error(message: str) -> Exception:
-    from evalkit.tasks.base import TaskDataError  # tasks import evalkit, not the other way round at import time
-
-    return TaskDataError(message)
 
 
 def load_hub_rows(repo: str, revision: str, split: str, config: str | None = None):
@@ -33,14 +28,14 @@ def load_hub_rows(repo: str, revision: str, split: str, config: str | None = Non
         import datasets  # noqa: F401
         from datasets import load_dataset
     except ImportError:
-        raise _task_data_error(
+        raise TaskDataError(
             f"loading {repo} from the Hugging Face Hub needs the `datasets` package: "
             f"pip install 'evalkit[hub]'. {OFFLINE_HINT}") from None
     try:
         args: list[Any] = [repo] + ([config] if config else [])
         ds = load_dataset(*args, split=split, revision=revision)
     except Exception as e:  # network, auth, missing split/revision, offline mode ...
-        raise _task_data_error(
+        raise TaskDataError(
             f"could not load {repo} (revision {revision}, split {split}"
             f"{', config ' + config if config else ''}) from the Hugging Face Hub: "
             f"{type(e).__name__}: {e}. {OFFLINE_HINT}") from None

@@ -1,10 +1,13 @@
 """One registry for tasks and models, with lazy imports.
 
 Built-in entries are "module:attribute" strings, imported only when asked for.
-Third-party plugins register through the `evalkit.tasks` / `evalkit.models`
-entry-point groups; during development, without packaging, the environment
-variables EVALKIT_TASKS / EVALKIT_MODELS ("name=module:attr,...") do the same.
-A name registered twice is an error.
+Third-party plugins register through the `evalkit.tasks` / `evalkit.models` /
+`evalkit.builders` entry-point groups; during development, without packaging, the
+environment variables EVALKIT_TASKS / EVALKIT_MODELS / EVALKIT_BUILDERS
+("name=module:attr,...") do the same. A name registered twice is an error.
+
+This module is the engine's only way to tasks, adapters and data builders: it
+imports them by name, never by an import statement.
 """
 from __future__ import annotations
 
@@ -44,6 +47,17 @@ BUILTIN_MODELS: dict[str, str] = {
 }
 
 
+#: `evalkit data build NAME`: builders of a benchmark's data from its source corpora
+BUILTIN_BUILDERS: dict[str, str] = {
+    "sseu": "evalkit.tasks.sseu.build:SSEUBuilder",
+    "sseu-synth": "evalkit.tasks.sseu.build:SSEUSynthBuilder",
+}
+
+_KINDS = {"task": (BUILTIN_TASKS, "evalkit.tasks", "EVALKIT_TASKS"),
+          "model": (BUILTIN_MODELS, "evalkit.models", "EVALKIT_MODELS"),
+          "builder": (BUILTIN_BUILDERS, "evalkit.builders", "EVALKIT_BUILDERS")}
+
+
 class RegistryError(KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0])
@@ -51,14 +65,14 @@ class RegistryError(KeyError):
 
 @cache
 def _table(kind: str) -> dict[str, str]:
-    table = dict(BUILTIN_TASKS if kind == "task" else BUILTIN_MODELS)
-    group = "evalkit.tasks" if kind == "task" else "evalkit.models"
+    builtin, group, env_var = _KINDS[kind]
+    table = dict(builtin)
     for ep in entry_points(group=group):
         if ep.name in table and table[ep.name] != ep.value:
             raise RegistryError(
                 f"duplicate {kind} name {ep.name!r}: plugin {ep.value} clashes with {table[ep.name]}")
         table[ep.name] = ep.value
-    env = os.environ.get("EVALKIT_TASKS" if kind == "task" else "EVALKIT_MODELS", "")
+    env = os.environ.get(env_var, "")
     for item in filter(None, (x.strip() for x in env.split(","))):
         name, sep, target = item.partition("=")
         if not sep or ":" not in target:
@@ -91,3 +105,7 @@ def get_task(name: str) -> Any:
 
 def get_model(name: str) -> Any:
     return get("model", name)
+
+
+def get_builder(name: str) -> Any:
+    return get("builder", name)

@@ -52,7 +52,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from evalkit.cache import KVCache, cache_dir
+from evalkit.engine.cache import KVCache, cache_dir
 from evalkit.models.base import AdapterConfig, Model
 from evalkit.types import AudioRef, GenerationConfig, Request, Response
 
@@ -124,7 +124,7 @@ def default_cache_path() -> Path:
 
 
 class CaptionCache(KVCache):
-    """Persistent (captioner id, audio sha256) -> caption store (evalkit.cache)."""
+    """Persistent (captioner id, audio sha256) -> caption store (evalkit.engine.cache)."""
 
     def __init__(self, path: str | os.PathLike | None = None):
         super().__init__(Path(path) if path else default_cache_path())
@@ -210,7 +210,7 @@ class Cascade(Model):
 
     def __init__(self, config: CascadeConfig):
         super().__init__(config)
-        from evalkit.runner import ModelHolder
+        from evalkit.engine.runner import ModelHolder
 
         c = config
         self._captioner = ModelHolder(c.captioner["name"], c.captioner["args"])

@@ -51,7 +51,7 @@ Scaling out:
     supported for offline use, so the adapter runs one engine per process itself.)
   - data parallel across machines: `evalkit run ... --shard I/N` on each machine (same
     command, I = 1..N), then `evalkit merge RUN_DIR_1 ... RUN_DIR_N --out DIR` (see
-    evalkit/merge.py): the shards share one run id, and the merged run equals an unsharded one.
+    evalkit/results/merge.py): the shards share one run id, and the merged run equals an unsharded one.
 """
 from __future__ import annotations
 

@@ -191,6 +191,6 @@ def read_records(path: Path) -> list[Any]:
         if not isinstance(data, list):
             raise TaskDataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
         return data
-    from evalkit.tasks.mmau import read_json_records
+    from evalkit.tasks.loaders import read_json_records
 
     return read_json_records(path)

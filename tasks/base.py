@@ -16,14 +16,12 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from evalkit.metrics import MetricSpec, aggregate_scores
+from evalkit.errors import TaskDataError  # noqa: F401  (tasks raise it; its home is the engine)
 from evalkit.protocol.choices import LETTERS
+from evalkit.protocol.circular import collapse_rotations
 from evalkit.protocol.extract import FAILURE_STAGES, extract_choice
+from evalkit.results.metrics import MetricSpec, aggregate_scores
 from evalkit.types import Presentation, Sample
-
-
-class TaskDataError(ValueError):
-    """Data that cannot be loaded; the message names the file, record and field."""
 
 
 class TaskOptions(BaseModel):
@@ -173,22 +171,24 @@ def _choice_fields(choices: list[str]) -> dict[str, str]:
     return {f"choice_{LETTERS[i].lower()}": c for i, c in enumerate(choices)}
 
 
-def collapse_rotations(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per sample: a circular sample scores the minimum over its
-    rotations (correct only if all are). None (not counted) is skipped unless
-    every rotation is None."""
-    by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        by_id[r["sample_id"]].append(r)
-    out = []
-    for sid, rs in by_id.items():
-        if len(rs) == 1:
-            out.append(rs[0])
-            continue
-        names = {k for r in rs for k in r["scores"]}
-        scores = {}
-        for k in names:
-            vals = [r["scores"].get(k) for r in rs if r["scores"].get(k) is not None]
-            scores[k] = (max(vals) if k == "extraction_failure" else min(vals)) if vals else None
-        out.append({**rs[0], "key": sid, "scores": scores})
-    return out
+class BuilderOptions(BaseModel):
+    """A data builder's typed options; `evalkit data build NAME --field value` fills them (field
+    descriptions are its --help). Every builder writes into `out`."""
+
+    model_config = ConfigDict(extra="forbid")
+    out: Path
+
+
+class DataBuilder:
+    """Builds a benchmark's data (clips and manifest) from its source corpora. Registered by name
+    (`evalkit.registry` "builder" table or the `evalkit.builders` entry-point group), so
+    `evalkit data build NAME ...` needs no CLI change for a new one."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type[BuilderOptions]] = BuilderOptions
+
+    def build(self, options: BuilderOptions, progress: bool = True) -> dict[str, Any]:
+        """Build into `options.out` (resumable); returns a summary. Raises ValueError naming the
+        file or option that stops it."""
+        raise NotImplementedError

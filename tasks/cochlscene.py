@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from evalkit.protocol.choices import LETTERS
+from evalkit.protocol.circular import collapse_rotations
 from evalkit.tasks.base import (
     LoadedData,
     MCQTask,
     TaskDataError,
     TaskOptions,
-    collapse_rotations,
 )
 from evalkit.types import AudioRef, Sample
 

@@ -35,7 +35,7 @@ from evalkit.tasks.base import (
     TaskDataError,
     hash_files,
 )
-from evalkit.tasks.mmau import (
+from evalkit.tasks.loaders import (
     get_choices,
     get_field,
     gold_index,

@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from evalkit.audio import UnsafePathError, resolve_under
+from evalkit.audio import UnsafePathError
 from evalkit.tasks.base import (
     HubTaskOptions,
     LoadedData,
@@ -38,8 +38,17 @@ from evalkit.tasks.base import (
     TaskDataError,
     hash_files,
 )
+from evalkit.tasks.loaders import (
+    get_choices,
+    get_field,
+    gold_index,
+    local_audio,
+    metadata_value,
+    read_json_records,
+    record_name,
+)
 from evalkit.tasks.official import mmau_official
-from evalkit.types import AudioRef, Sample
+from evalkit.types import Sample
 
 HUB_REPOS = {"test-mini": "gamma-lab-umd/MMAU-test-mini", "test": "gamma-lab-umd/MMAU-test"}
 # MMAU-v05.15.25 test-mini parquet. Sha taken from two independent public
@@ -57,84 +66,7 @@ AXIS = {"Information Extraction": "perception", "Reasoning": "reasoning"}
 _PREFIX = re.compile(r"^\s*\([A-Z]\)\s*")
 
 
-# ---------------------------------------------------------------- shared helpers (MMAR uses them too)
-
-def read_json_records(path: Path) -> list[Any]:
-    """Records of a JSON list or a JSONL file; TaskDataError names file and record."""
-    if not path.exists():
-        raise TaskDataError(f"data file not found: {path}")
-    if path.is_dir():
-        raise TaskDataError(f"expected a JSON/JSONL file, got a folder: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise TaskDataError(f"cannot read {path}: {e}") from None
-    if path.suffix.lower() == ".jsonl" or (not text.lstrip().startswith("[") and path.suffix.lower() != ".json"):
-        out = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise TaskDataError(f"{path}: line {lineno} (record {len(out)}) is not valid JSON: {e.msg}") from None
-        return out
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TaskDataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    if not isinstance(data, list):
-        raise TaskDataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return data
-
-
-def record_name(rec: Any, index: int, id_field: str = "id") -> str:
-    rid = rec.get(id_field) if isinstance(rec, dict) else None
-    return f"record {index} (id {rid!r})" if rid is not None else f"record {index}"
-
-
-def get_field(rec: Any, field: str, where: str, index: int, kind: type | tuple = str) -> Any:
-    if not isinstance(rec, dict):
-        raise TaskDataError(f"{where}: record {index} is a {type(rec).__name__}, not an object")
-    if field not in rec or rec[field] is None:
-        raise TaskDataError(f"{where}: {record_name(rec, index)}: missing field {field!r}")
-    value = rec[field]
-    if not isinstance(value, kind):
-        raise TaskDataError(f"{where}: {record_name(rec, index)}: field {field!r} has type "
-                            f"{type(value).__name__}")
-    return value
-
-
-def get_choices(rec: dict, field: str, where: str, index: int) -> list[str]:
-    value = get_field(rec, field, where, index, list)
-    if len(value) < 2 or not all(isinstance(c, (str, int, float)) and not isinstance(c, bool) for c in value):
-        raise TaskDataError(f"{where}: {record_name(rec, index)}: field {field!r} must be a list of "
-                            f"at least two strings")
-    return [str(c).strip() for c in value]
-
-
-def gold_index(choices: list[str], answer: str) -> int | None:
-    """Index of the FIRST choice equal to the answer text (surrounding spaces ignored)."""
-    answer = answer.strip()
-    for i, c in enumerate(choices):
-        if c == answer:
-            return i
-    return None
-
-
-def local_audio(root: Path, rel: str, where: str, rec_label: str, field: str) -> AudioRef:
-    try:
-        return AudioRef(path=resolve_under(root, rel))
-    except UnsafePathError as e:
-        raise TaskDataError(f"{where}: {rec_label}: field {field!r}: {e}") from None
-
-
-def metadata_value(v: Any) -> Any:
-    """A one-element list (["Reasoning"]) becomes its element."""
-    if isinstance(v, list) and len(v) == 1:
-        return v[0]
-    return v
-
+# ---------------------------------------------------------------- export helpers
 
 def first_rotation(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One record per sample (rotation 0 for circular runs), in first-seen order."""

@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from evalkit.models.base import Model, redact_args
-from evalkit.runner import RunConfigError, RunSpec, check_pairing
+from evalkit.engine.runner import RunConfigError, RunSpec, check_pairing
+from evalkit.engine.secrets import redact_args
+from evalkit.models.base import Model
 from evalkit.types import AudioRef, GenerationConfig, Request, Response
 
 # reused module-scoped fixtures of the per-adapter tests (an importorskip there only takes its case down)
@@ -415,7 +416,7 @@ def build_whisper(request, b: Built) -> None:
 
     clips = [p for p, _ in speech_clips(b.tmp)]
     if len(clips) < 3:
-        pytest.skip("need three speech clips (evalkit/data/sseu_synth/speech)")
+        pytest.skip("need three speech clips (tasks/sseu/synth/speech)")
     # from s04 on: the batch then holds s04, whose greedy decode falls back to sampling
     b.clip = lambda i: AudioRef(path=clips[(i + 3) % len(clips)])
     b.model = WhisperASR.from_args({})

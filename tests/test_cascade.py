@@ -6,9 +6,9 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+from evalkit.engine.runner import RunSpec, run_task
+from evalkit.engine.store import read_records
 from evalkit.models.base import AdapterConfig, Model
-from evalkit.runner import RunSpec, run_task
-from evalkit.store import read_records
 from evalkit.types import AudioRef, Request, Response
 
 FAIL_ON = None  # tests set this to fail clips without changing the captioner's identity

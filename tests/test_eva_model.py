@@ -150,7 +150,7 @@ def test_release_export_folder_supplies_the_snapshot_paths(tmp_path):
 
 
 def test_run_identity_ignores_speed_settings():
-    from evalkit.runner import ModelHolder
+    from evalkit.engine.runner import ModelHolder
 
     a = ModelHolder("eva", {"checkpoint": "x", "max_batch": 2, "cache_clips": 8}).identity()
     b = ModelHolder("eva", {"checkpoint": "x", "max_batch": 16}).identity()

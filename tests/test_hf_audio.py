@@ -344,8 +344,8 @@ def test_runner_end_to_end(toy, tiny_dir, monkeypatch):
     import json
 
     from evalkit import registry
-    from evalkit.runner import RunSpec, run_task
-    from evalkit.store import read_records
+    from evalkit.engine.runner import RunSpec, run_task
+    from evalkit.engine.store import read_records
 
     monkeypatch.setenv("EVALKIT_MODELS", "scripted=plugins:Scripted,qwen2-audio=evalkit.models.hf_audio:Qwen2AudioHF")
     registry._table.cache_clear()

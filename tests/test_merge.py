@@ -1,11 +1,11 @@
-"""evalkit.merge: shard runs -> one run equal to the unsharded run."""
+"""evalkit.results.merge: shard runs -> one run equal to the unsharded run."""
 import json
 
 import pytest
 
-from evalkit.merge import MergeError, merge
-from evalkit.runner import RunSpec, run_task
-from evalkit.store import read_records
+from evalkit.engine.runner import RunSpec, run_task
+from evalkit.engine.store import read_records
+from evalkit.results.merge import MergeError, merge
 
 
 def spec(toy, **kw):

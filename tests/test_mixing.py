@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from evalkit import mixing
+from evalkit.tasks.sseu import mixing
 
 SR = 44100
 

@@ -6,10 +6,10 @@ from importlib.resources import files
 import jsonschema
 import pytest
 
-from evalkit import leaderboard as lb
-from evalkit.check import check
-from evalkit.runner import RunSpec, rescore, run_task
-from evalkit.store import read_records
+from evalkit.engine.runner import RunSpec, rescore, run_task
+from evalkit.engine.store import read_records
+from evalkit.results import leaderboard as lb
+from evalkit.results.check import check
 
 
 def schema(name):
@@ -33,7 +33,8 @@ def test_run_json_validates(toy):
 def test_no_secret_in_run_record(toy):
     from pydantic import SecretStr
 
-    from evalkit.models.base import AdapterConfig, redact_args
+    from evalkit.engine.secrets import redact_args
+    from evalkit.models.base import AdapterConfig
 
     class C(AdapterConfig):
         api_key: SecretStr | None = None
@@ -97,7 +98,7 @@ def test_cli_check_exit_code(toy):
 
 
 def test_light_imports():
-    code = ("import sys, evalkit, evalkit.cli, evalkit.runner, evalkit.registry\n"
+    code = ("import sys, evalkit, evalkit.cli, evalkit.engine.runner, evalkit.registry\n"
             "from evalkit import registry\n"
             "for n in registry.names('task') + registry.names('model'):\n"
             "    try: registry.get('task' if n in registry.names('task') else 'model', n)\n"

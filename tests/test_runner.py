@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from evalkit.runner import ModelHolder, RunConfigError, RunSpec, run_task
-from evalkit.store import RunLockedError, RunStore, read_records
+from evalkit.engine.runner import ModelHolder, RunConfigError, RunSpec, run_task
+from evalkit.engine.store import RunLockedError, RunStore, read_records
 
 
 def spec(toy, **kw):
@@ -98,7 +98,7 @@ def test_dropped_audio_fails(toy):
 
 
 def test_model_exception_stops_run_resumably(toy):
-    from evalkit.runner import ModelFailure
+    from evalkit.engine.runner import ModelFailure
 
     with pytest.raises(ModelFailure, match="out of memory"):
         run_task(spec(toy, batch_size=4, model_args={"raise_on": "s9"}))

@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 from conftest import shared_data
 
-from evalkit import mixing
-from evalkit import sseu_build as sb
+from evalkit.tasks.sseu import build as sb
+from evalkit.tasks.sseu import mixing
 
 ROW_KEYS = {"id", "audio", "snr", "snr_db", "transcript", "scene", "events", "speech_source", "background_source",
             "speaker", "gains", "measured_snr_db", "sample_rate", "duration_s", "synthetic"}

@@ -12,9 +12,9 @@ pytest.importorskip("jiwer")
 pytest.importorskip("whisper_normalizer")
 pytest.importorskip("sklearn")
 
-from evalkit import sseu_scoring as S  # noqa: E402
 from evalkit.tasks.base import TaskDataError  # noqa: E402
 from evalkit.tasks.sseu import SSEUASC, SSEUASR, SSEUAT, SSEUJoint, SSEUJointCoT  # noqa: E402
+from evalkit.tasks.sseu import scoring as S  # noqa: E402
 from evalkit.types import Presentation  # noqa: E402
 
 SCENES = ["home", "cafe_restaurant", "city_center", "grocery_store", "metro_station", "residential_area"]
@@ -167,7 +167,7 @@ def test_asr_prefix_and_worst_case(data_dir):
 # ------------------------------------------------------------------ embedding + cache
 
 def test_embedding_cache_hits_make_no_model_call(tmp_path):
-    from evalkit.embedders import EmbeddingCache, get_embedder
+    from evalkit.text_embedders import EmbeddingCache, get_embedder
 
     cache_file = tmp_path / "emb.sqlite"
     e1 = get_embedder("minilm", cache=EmbeddingCache(cache_file))
@@ -200,7 +200,7 @@ def test_aggregate_embeds_in_one_batch_and_reuses_cache(data_dir):
 
 
 def test_scene_paraphrase_matches(data_dir):
-    from evalkit.embedders import get_embedder
+    from evalkit.text_embedders import get_embedder
 
     conf = S.scene_confidences(["a busy metro station platform", "inside a restaurant", ""], SCENES,
                                get_embedder("minilm"))
@@ -357,7 +357,7 @@ def test_missing_data_says_how_to_build():
 def test_embedder_errors(monkeypatch):
     import sys
 
-    from evalkit.embedders import EmbedderError, get_embedder
+    from evalkit.text_embedders import EmbedderError, get_embedder
 
     with pytest.raises(EmbedderError, match="unknown embedder"):
         get_embedder("word2vec")
@@ -376,7 +376,7 @@ def test_openai_embedder_against_a_local_server(tmp_path, monkeypatch):
     pytest.importorskip("openai")
     from fake_openai_server import FakeOpenAIServer, always, fake_embedding
 
-    from evalkit.embedders import EmbedderError, EmbeddingCache, OpenAIEmbedder
+    from evalkit.text_embedders import EmbedderError, EmbeddingCache, OpenAIEmbedder
 
     texts = ["a dog barks", "", "rain on a roof", "a dog barks", "speech"]
     with FakeOpenAIServer() as srv:

@@ -1,6 +1,6 @@
 """The Whisper ASR baseline on real speech with the bundled tiny.en (offline).
 
-Speech: the committed espeak-ng clips in evalkit/data/sseu_synth/speech (skipped
+Speech: the committed espeak-ng clips in tasks/sseu/synth/speech (skipped
 cleanly when absent), else a clip synthesized with espeak-ng when it is installed."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ pytest.importorskip("jiwer")
 from evalkit.models.whisper_asr import WhisperASR, WhisperModelError  # noqa: E402
 from evalkit.types import AudioRef, Request  # noqa: E402
 
-SYNTH = Path(__file__).resolve().parents[1] / "evalkit" / "data" / "sseu_synth"
+SYNTH = Path(__file__).resolve().parents[1] / "tasks" / "sseu" / "synth"
 
 
 def speech_clips(tmp_path: Path) -> list[tuple[Path, str]]:
@@ -36,7 +36,7 @@ def speech_clips(tmp_path: Path) -> list[tuple[Path, str]]:
         out = tmp_path / "s.wav"
         subprocess.run([exe, "-v", "en-us", "-w", str(out), text], check=True)
         return [(out, text)]
-    pytest.skip("no speech fixture (evalkit/data/sseu_synth/speech) and no espeak-ng")
+    pytest.skip("no speech fixture (tasks/sseu/synth/speech) and no espeak-ng")
 
 
 def request(key: str, path: Path, text: str = "Transcribe the speech.") -> Request:
@@ -46,7 +46,7 @@ def request(key: str, path: Path, text: str = "Transcribe the speech.") -> Reque
 
 @pytest.mark.slow
 def test_tiny_en_transcribes_speech(tmp_path):
-    from evalkit.sseu_scoring import wer_parts
+    from evalkit.tasks.sseu.scoring import wer_parts
 
     clips = speech_clips(tmp_path)
     model = WhisperASR.from_args({})

@@ -30,6 +30,7 @@ from torch import nn
 
 from .ced import CEDEncoder
 from .fusion import CEDProcessor, ced_to_tokens, fuse_embeddings
+from .logmel import HOP, slaney_filters, whisper_log_mel
 
 # Kimi-Audio special token ids. media_begin / media_end / text_blank are confirmed (FACTS.md);
 # the others are derived from the release's index comments (base 151648 + index) and are
@@ -48,7 +49,6 @@ SEMANTIC_OFFSET = 152064  # GLM-4-Voice codes are offset by this in the audio st
 GLM4_VOICE_TOKENIZER = "THUDM/glm-4-voice-tokenizer"
 
 SAMPLES_PER_TOKEN = 1280  # 80 ms at 16 kHz
-HOP = 160
 
 
 @dataclass
@@ -88,25 +88,6 @@ class KimiTokens:
 
 
 # ----------------------------------------------------------------------------- Whisper
-def slaney_filters(n_mels: int = 128) -> torch.Tensor:
-    """(201, n_mels) Whisper filterbank (librosa Slaney), built by transformers, no download."""
-    from transformers import WhisperFeatureExtractor
-
-    return torch.from_numpy(WhisperFeatureExtractor(feature_size=n_mels).mel_filters).float()
-
-
-def whisper_log_mel(chunks: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """(N, n_samples) padded 16 kHz chunks -> (N, n_mels, n_samples // 160)."""
-    window = torch.hann_window(400, device=chunks.device)
-    stft = torch.stft(chunks.float(), 400, HOP, window=window, return_complex=True)
-    mag = stft[..., :-1].abs() ** 2
-    # in fp32 even when the module was cast to bf16 as a whole (the filters are a buffer and follow .to())
-    mel = torch.einsum("bft,fm->bmt", mag, filters.to(device=chunks.device, dtype=torch.float32))
-    log = torch.clamp(mel, min=1e-10).log10()
-    log = torch.maximum(log, log.amax(dim=(-2, -1), keepdim=True) - 8.0)
-    return (log + 4.0) / 4.0
-
-
 class WhisperFrontEnd(nn.Module):
     def __init__(self, encoder: nn.Module):
         super().__init__()

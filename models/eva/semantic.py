@@ -14,7 +14,7 @@ Pipeline (one clip):
   `2 * pooling_kernel_size * hop` = 1,280 samples (upstream: WhisperFeatureExtractor with
   padding="longest", pad_to_multiple_of=1280 over the clip's segments) and a sample mask is kept.
 - Whisper log-mel (128 bins, n_fft 400, hop 160, hann, centred reflect STFT, last frame dropped,
-  Slaney filters, log10, floor at max - 8 per segment, (x + 4) / 4): `kimi.whisper_log_mel`.
+  Slaney filters, log10, floor at max - 8 per segment, (x + 4) / 4): `logmel.whisper_log_mel`.
   Frame mask = sample mask[::160].
 - conv1 (k 3, stride 1) + GELU, conv2 (k 3, stride 2) + GELU; both causal (left pad 2) when
   `encoder_causal_convolution`, else symmetric pad 1. Mask[::2]. Plus learned positions.
@@ -200,7 +200,7 @@ class WhisperVQTokenizer(nn.Module):
 
     def __init__(self, cfg: SemanticConfig | None = None, max_batch: int = 16):
         super().__init__()
-        from .kimi import slaney_filters
+        from .logmel import slaney_filters
 
         cfg = cfg or SemanticConfig()
         if not cfg.quantize_vocab_size:
@@ -275,7 +275,7 @@ class WhisperVQTokenizer(nn.Module):
 
     def features(self, samples: torch.Tensor, sample_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, P) equal-length padded segments -> (N, n_mels, P // hop) log-mel and (N, P // hop) frame mask."""
-        from .kimi import whisper_log_mel
+        from .logmel import whisper_log_mel
 
         hop = self.cfg.hop_length
         mel = whisper_log_mel(samples.float(), self.filters)

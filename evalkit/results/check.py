@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from evalkit.leaderboard import load_run, model_label
-from evalkit.metrics import paired_drop_pvalue
-from evalkit.store import SAMPLES, latest_by_key, read_records
+from evalkit.engine.store import SAMPLES, latest_by_key, read_records
+from evalkit.protocol.circular import collapse_rotations
+from evalkit.results.leaderboard import load_run, model_label
+from evalkit.results.metrics import paired_drop_pvalue
 
 ALPHA = 0.05
 
@@ -23,8 +24,6 @@ ALPHA = 0.05
 def _per_sample(run_dir: Path | None) -> dict[str, dict[str, Any]] | None:
     if run_dir is None or not (run_dir / SAMPLES).exists():
         return None
-    from evalkit.tasks.base import collapse_rotations
-
     records = list(latest_by_key(read_records(run_dir / SAMPLES)).values())
     return {r["sample_id"]: r["scores"] for r in collapse_rotations(records)}
 

@@ -9,7 +9,7 @@ ASR
 
 ASC (free text -> class)
   The predicted scene text and every scene class name are embedded with a text
-  embedder (evalkit.embedders); c_i = softmax_i(cos(pred, class_i)); the prediction is
+  embedder (evalkit.text_embedders); c_i = softmax_i(cos(pred, class_i)); the prediction is
   argmax c. An empty prediction (nothing parsed) predicts no class and counts as wrong.
   mACC = mean over scene classes (those present in the references) of per-class accuracy
   (= balanced accuracy / macro recall), in percent.

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from evalkit.provenance import stable_hash
+from evalkit.engine.provenance import stable_hash
 
 SPLIT_GROUPINGS = ("axis",)  # perception / reasoning, wherever a task defines it
 

@@ -6,11 +6,11 @@ Two entry points:
 
 - `build(vctk, desed, maestro, out, snrs, seed, limit)`: from the real corpora.
 - `build_synthetic(out, seed, snrs, n_pairs)`: "sseu-synth", an offline, clearly SYNTHETIC set
-  (espeak-ng sentences shipped in `evalkit/data/sseu_synth/` + procedurally generated scene
+  (espeak-ng sentences shipped in `tasks/sseu/synth/` + procedurally generated scene
   backgrounds). Every row says `synthetic: true` and every id starts with `synth-`.
 
 Both write `OUT/clips/<id>.flac`, `OUT/manifest.jsonl` (one row per clip, format below) and
-`OUT/sseu.json`, through the same mixer (`evalkit.mixing`, power definition documented there).
+`OUT/sseu.json`, through the same mixer (`evalkit.tasks.sseu.mixing`, power definition documented there).
 
 Choices (documented, since the paper does not publish them)
 -----------------------------------------------------------
@@ -20,7 +20,7 @@ Choices (documented, since the paper does not publish them)
   in a seeded random order, round robin, and each speaker's utterances are drawn without
   replacement. Pairs are ordered round robin over scenes so that `--limit N` stays balanced.
 - Mixture length = the speech length; the background is cut at a seeded offset (or looped with
-  a 50-ms equal-power crossfade when shorter), see `evalkit.mixing.fit_background`.
+  a 50-ms equal-power crossfade when shorter), see `evalkit.tasks.sseu.mixing.fit_background`.
 - Speech is normalized to -25 dBFS active level; the background gain sets the SNR; one common
   gain avoids clipping. `-inf` keeps the background at its 0-dB level.
 - Event classes: candidate A of `SSEU_EVENT_CLASSES.md` by default (9 DESED non-speech + 9
@@ -62,8 +62,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from evalkit import mixing
+from evalkit.tasks.base import BuilderOptions, DataBuilder
+from evalkit.tasks.sseu import mixing
 
 BUILDER_VERSION = "1.0"
 SAMPLE_RATE = 44100
@@ -79,13 +81,13 @@ MAESTRO_SCENES = {
 MAESTRO_WINDOW_S = 10.0
 MAESTRO_SOFT_THRESHOLD = 0.5
 STATE_FILE = ".sseu_build_state.json"
-SYNTH_DIR = Path(__file__).resolve().parent / "data" / "sseu_synth"
+SYNTH_DIR = Path(__file__).resolve().parent / "synth"
 
 POWER_DEFINITION = (
     "SNR = 10 log10(P_speech / P_background); both powers are mean squares over the active region of the "
     "speech (20-ms frames within 40 dB of the loudest speech frame); the background is measured over the "
     "same samples of the mixture window. Speech at -25 dBFS active level; -inf keeps the 0-dB background "
-    "level; one common gain (peak <= 0.98) is applied to the sum. See evalkit/mixing.py."
+    "level; one common gain (peak <= 0.98) is applied to the sum. See tasks/sseu/mixing.py."
 )
 
 # The derived class table (copied from shared/data/sseu_sources/sseu_event_classes_derived.tsv, with the
@@ -953,3 +955,46 @@ def build_synthetic(out: str | os.PathLike, seed: int = 0, snrs: Iterable[Any] |
     summary = _run(Path(out), meta, pairs, snr_list, load_speech, load_background, label_map,
                    synthetic=True, on_clip=on_clip, progress=progress, stems=stems)
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# `evalkit data build sseu` / `sseu-synth` (the registry's "builder" table)
+
+class SSEUBuildOptions(BuilderOptions):
+    vctk: Path = Field(description="VCTK root (wav48_silence_trimmed/ + txt/, or wav48/ + txt/).")
+    out: Path = Field(description="Output folder (clips/, manifest.jsonl, sseu.json).")
+    desed: Path | None = Field(None, description="DESED public evaluation set root (scene: home).")
+    maestro: Path | None = Field(None, description="MAESTRO-Real development root (five scenes).")
+    snr: list[str] | None = Field(None, description="SNR in dB, +inf or -inf; repeat (default: all seven).")
+    seed: int = Field(0, description="Pairing and offsets seed.")
+    limit: int | None = Field(None, description="Only the first N speech/background pairs.")
+    event_classes: str = Field("A", description="Event class list: A (default), B, or a TSV file.")
+    stems: bool = Field(False, description="Also write the speech and background parts of each clip.")
+
+
+class SSEUBuilder(DataBuilder):
+    name = "sseu"
+    description = "SSEU-Bench mixtures from VCTK, DESED and MAESTRO-Real (resumable, deterministic)."
+    Options = SSEUBuildOptions
+
+    def build(self, options: SSEUBuildOptions, progress: bool = True) -> dict[str, Any]:
+        return build(options.vctk, options.desed, options.maestro, options.out, snrs=options.snr,
+                     seed=options.seed, limit=options.limit, progress=progress,
+                     event_classes=options.event_classes, stems=options.stems)
+
+
+class SSEUSynthOptions(BuilderOptions):
+    out: Path = Field(Path("data/sseu-synth"), description="Output folder.")
+    seed: int = Field(0, description="Seed for backgrounds and pairing.")
+    pairs: int = Field(12, description="Speech/background pairs (each at every SNR).")
+    snr: list[str] | None = Field(None, description="SNR in dB, +inf or -inf; repeat (default: all seven).")
+
+
+class SSEUSynthBuilder(DataBuilder):
+    name = "sseu-synth"
+    description = "The small SYNTHETIC offline SSEU set (espeak-ng speech + procedural scenes), in seconds."
+    Options = SSEUSynthOptions
+
+    def build(self, options: SSEUSynthOptions, progress: bool = True) -> dict[str, Any]:
+        return build_synthetic(options.out, seed=options.seed, snrs=options.snr, n_pairs=options.pairs,
+                               progress=progress)

@@ -6,7 +6,7 @@ All inputs must have the same run id (same model identity, task, data, protocol 
 settings; shard and limit are not part of the id). The merged directory holds the union of the
 records (one per key; the same key twice must carry the same output, else it is an error naming
 the key and both directories), re-scored and aggregated through the task exactly as
-`evalkit score` (evalkit.runner.rescore) does, and a run.json with `protocol.shard = null`,
+`evalkit score` (evalkit.engine.runner.rescore) does, and a run.json with `protocol.shard = null`,
 counts and the gold-position histogram recomputed from the merged records, the timing sessions
 of every shard, and `merged_from` listing the inputs. When the inputs are the shards 1/N..N/N of
 one selection, records are written in the unsharded run's order, so the merged samples.jsonl
@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from evalkit.store import RunStore, latest_by_key, read_records
+from evalkit.engine.store import RunStore, latest_by_key, read_records
 
 #: record fields that may legitimately differ between two copies of one result
 VOLATILE_FIELDS = ("latency_s", "extra")
@@ -74,9 +74,9 @@ def _presentations(records: list[dict[str, Any]]):
 
 
 def merge(run_dirs: list[Path], out: Path) -> Path:
+    from evalkit.engine.runner import score_records
     from evalkit.protocol.choices import gold_histogram
     from evalkit.registry import get_task
-    from evalkit.runner import score_records
 
     run_dirs = [Path(d) for d in run_dirs]
     out = Path(out)

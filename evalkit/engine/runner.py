@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from evalkit import __version__
+from evalkit.engine.provenance import environment, git_commit, stable_hash
+from evalkit.engine.secrets import redact_args
+from evalkit.engine.store import RunStore
 from evalkit.protocol.choices import gold_histogram, present
-from evalkit.provenance import environment, git_commit, stable_hash
 from evalkit.registry import get_model, get_task
-from evalkit.store import RunStore
 from evalkit.types import GenerationConfig, Presentation, Request, Response
 
 SCHEMA_VERSION = 1
@@ -107,8 +108,6 @@ class ModelHolder:
         return self._model
 
     def identity(self) -> dict[str, Any]:
-        from evalkit.models.base import redact_args
-
         volatile = getattr(self.cls, "volatile_args", frozenset())
         args = {k: v for k, v in redact_args(self.config).items() if k not in volatile}
         return {"name": self.name, "args": args}

@@ -12,7 +12,7 @@ holding `sseu.json` ({"name", "synthetic", "snrs", "scenes", "events", ...}) and
 `manifest.jsonl` (one clip per row). Whether the set is synthetic is read from sseu.json
 and carried in LoadedData.source and every sample's metadata.
 
-Scoring (evalkit.sseu_scoring): `score` only parses the response (transcript, scene
+Scoring (evalkit.tasks.sseu.scoring): `score` only parses the response (transcript, scene
 text, event strings) and counts WER parts; `aggregate` embeds all scene/event
 predictions in one batched, cached call (`-T embedder=minilm|openai:<model>|st:<dir>`).
 ASR is not scored at SNR "-inf" (no speech); ASC and AT are not scored at "+inf"
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from evalkit.audio import UnsafePathError, resolve_under
-from evalkit.metrics import MetricSpec, mean_with_ci
+from evalkit.results.metrics import MetricSpec, mean_with_ci
 from evalkit.tasks.base import LoadedData, Task, TaskDataError, TaskOptions, hash_files
 from evalkit.types import AudioRef, Presentation, Sample
 
@@ -191,7 +191,7 @@ class SSEUTask(Task):
     # ------------------------------------------------------------------ scoring
     def parse(self, record: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """(parsed answer, stage). Worst case on errors / unparseable output."""
-        from evalkit.sseu_scoring import parse_event_list, parse_joint
+        from evalkit.tasks.sseu.scoring import parse_event_list, parse_joint
 
         empty = {"transcript": "", "scene": "", "events": []}
         if record.get("error") is not None:
@@ -217,7 +217,7 @@ class SSEUTask(Task):
         return parsed, stage
 
     def score(self, record: dict[str, Any]) -> dict[str, Any]:
-        from evalkit.sseu_scoring import NO_SPEECH_SNR, wer_parts
+        from evalkit.tasks.sseu.scoring import NO_SPEECH_SNR, wer_parts
 
         parsed, stage = self.parse(record)
         scores: dict[str, float | None] = {}
@@ -238,7 +238,7 @@ class SSEUTask(Task):
 
     def embedder(self):
         if self._embedder is None:
-            from evalkit.embedders import get_embedder
+            from evalkit.text_embedders import get_embedder
 
             self._embedder = get_embedder(self.options.embedder)
         return self._embedder
@@ -246,7 +246,7 @@ class SSEUTask(Task):
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         import numpy as np
 
-        from evalkit import sseu_scoring as S
+        from evalkit.tasks.sseu import scoring as S
 
         fields = self._fields()
         parsed = []

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evalkit.cache import KVCache, cache_dir
+from evalkit.engine.cache import KVCache, cache_dir
 
 DEFAULT_EMBEDDER = "minilm"
 
@@ -31,7 +31,7 @@ class EmbedderError(RuntimeError):
 
 
 class EmbeddingCache(KVCache):
-    """Persistent (embedder id, text) -> float32 vector store (evalkit.cache)."""
+    """Persistent (embedder id, text) -> float32 vector store (evalkit.engine.cache)."""
 
     def __init__(self, path: str | os.PathLike | None = None):
         super().__init__(Path(path) if path else cache_dir() / "embeddings.sqlite")
