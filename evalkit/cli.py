@@ -15,15 +15,61 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+#: exit codes of `evalkit run` (and the other commands where they apply)
+EXIT_OK = 0  # complete: every selected sample answered, no error records
+EXIT_CHECK_FAILED = 1  # `evalkit check`: a regression against the baseline
+EXIT_USAGE = 2  # bad arguments or data, refused before any work (nothing written)
+EXIT_ERROR_RECORDS = 3  # complete, but some samples hold error records (`--retry-errors` asks them again)
+EXIT_INCOMPLETE = 4  # stopped or incomplete, resumable: run the same command again
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM; resumable
+EXIT_CODES_HELP = ("Exit codes: 0 complete, no error records; 1 `check` found a regression; 2 usage or data error "
+                   "(nothing run); 3 complete with error records (count printed; --retry-errors asks them again); "
+                   "4 stopped or incomplete, resumable (the same command continues); 130 interrupted (Ctrl-C, "
+                   "SIGTERM), resumable.")
+
 app = typer.Typer(
     help="evalkit: evaluate audio language models under one fair protocol.\n\n"
          "Example: evalkit run --model openai -M model=gpt-4o-audio-preview --task mmau "
-         "-T data=mmau-test-mini.json -T audio_root=./mmau",
+         "-T data=mmau-test-mini.json -T audio_root=./mmau\n\n" + EXIT_CODES_HELP,
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build benchmark data from its sources.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from evalkit import __version__
+
+        out.print(f"evalkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the evalkit version and exit.")) -> None:
+    """evalkit: evaluate audio language models under one fair protocol."""
+
+
+def explain_options_error(e: Exception, flag: str, owner: str, fields: dict[str, Any]) -> str:
+    """A pydantic ValidationError of `-M`/`-T` values as one line per problem: the flag, the key, the
+    valid keys and the nearest match, instead of pydantic's dump."""
+    errors = getattr(e, "errors", None)
+    if errors is None:
+        return f"{flag}: {e}"
+    lines = []
+    for err in errors():
+        key = ".".join(str(x) for x in err.get("loc", ())) or "?"
+        if err.get("type") == "extra_forbidden":
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {flag} {close[0]}=...?)" if close else ""
+            lines.append(f"{flag} {key}: {owner} has no such setting{hint}; valid: {', '.join(sorted(fields))}")
+        elif err.get("type") == "missing":
+            lines.append(f"{flag} {key}=...: required by {owner}")
+        else:
+            lines.append(f"{flag} {key}={err.get('input')!r}: {err.get('msg')}")
+    return "\n".join(lines)
 
 
 def task_args_for(name: str, targs: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
@@ -58,7 +104,7 @@ class RichProgress:
         self.enabled = enabled
         self.errors = 0
 
-    def start(self, task: str, total: int, done: int) -> None:
+    def start(self, task: str, total: int, done: int, errors: int = 0) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -68,14 +114,14 @@ class RichProgress:
             TimeRemainingColumn,
         )
 
-        self.errors = 0
+        self.errors = errors  # error records kept from earlier sessions count too
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[rate]}"),
                             TextColumn("errors: {task.fields[errors]}"), TimeElapsedColumn(),
                             TextColumn("ETA"), TimeRemainingColumn(), console=console,
                             disable=not self.enabled, transient=False)
         self.bar.start()
-        self.id = self.bar.add_task(task, total=total, completed=done, errors=0, rate="")
+        self.id = self.bar.add_task(task, total=total, completed=done, errors=errors, rate="")
         if done:
             console.print(f"[dim]{task}: resuming, {done}/{total} already done[/dim]")
 
@@ -141,20 +187,63 @@ def run(
     output: Path = typer.Option(Path("results/runs"), help="Runs go to OUTPUT/<run_id>/."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Evaluate a model on one or more tasks. Running the same command again resumes the run."""
-    from evalkit.engine.runner import ModelFailure, ModelHolder, RunConfigError, RunSpec, parse_shard, run_task
+    """Evaluate a model on one or more tasks. Running the same command again resumes the run.
+
+    Exit codes: 0 complete with no error records; 3 complete with error records (their count and the
+    --retry-errors hint are printed); 4 stopped or incomplete, resumable (the same command continues);
+    2 usage or data errors (nothing run); 130 interrupted by Ctrl-C or SIGTERM (resumable).
+    """
+    import signal
+
+    from pydantic import ValidationError
+
+    from evalkit import registry
+    from evalkit.engine.runner import (
+        ModelFailure,
+        ModelHolder,
+        RunConfigError,
+        RunSpec,
+        RunStopped,
+        parse_shard,
+        run_task,
+    )
     from evalkit.types import GenerationConfig
 
     if choices not in ("balanced", "original", "circular"):
         fail(f"--choices {choices!r}: use balanced, original or circular")
+    if limit is not None and limit < 1:
+        fail(f"--limit {limit}: must be a positive number of samples")
+    if batch_size is not None and batch_size < 1:
+        fail(f"--batch-size {batch_size}: must be a positive integer")
+    if max_new_tokens < 1:
+        fail(f"--max-new-tokens {max_new_tokens}: must be a positive integer")
+    if not temperature >= 0:
+        fail(f"--temperature {temperature}: must be >= 0")
     try:
-        holder = ModelHolder(model, parse_kv(model_arg, "-M"))
+        margs = parse_kv(model_arg, "-M")
+        holder = ModelHolder(model, margs)
         spec_shard = parse_shard(shard)
+    except ValidationError as e:
+        fields = registry.get_model(model).Config.model_fields
+        fail(explain_options_error(e, "-M", f"model {model!r}", fields))
     except Exception as e:
         fail(str(e))
     targs = parse_kv(task_arg, "-T")
+    for name in task:  # -T typos fail before any work, naming the flag and the valid keys
+        try:
+            task_cls = registry.get_task(name)
+            task_cls.Options(**task_args_for(name, targs, task))
+        except ValidationError as e:
+            fail(explain_options_error(e, "-T", f"task {name!r}", task_cls.Options.model_fields))
+        except Exception as e:
+            fail(str(e))
     results = []
     progress = RichProgress(enabled=not quiet)
+
+    def on_sigterm(signum, frame):  # SIGTERM is handled like Ctrl-C: everything finished is saved
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         for name in task:
             spec = RunSpec(model=model, task=name, model_args=holder.args, task_args=task_args_for(name, targs, task),
@@ -170,6 +259,8 @@ def run(
                               "Run the same command again to resume:\n  " + " ".join(sys.argv))
                 raise typer.Exit(130) from None
             results.append(result)
+            if result.run is None:  # nothing was written (a failed start); run_task raised otherwise
+                continue
             out.print(f"run directory: {result.run_dir}")
             for w in result.run["task"]["warnings"][:5]:
                 console.print(f"[yellow]data warning:[/yellow] {w}")
@@ -177,14 +268,29 @@ def run(
                 console.print(f"[yellow]... {len(result.run['task']['warnings']) - 5} more in run.json[/yellow]")
     except typer.Exit:
         raise
-    except ModelFailure as e:
-        fail(f"the model failed: {e}\nEvery sample finished before this is saved; fix the cause and run the "
-             "same command again to resume.")
+    except (ModelFailure, RunStopped) as e:
+        what = "the model failed" if isinstance(e, ModelFailure) else "the run stopped"
+        if results:
+            out.print(results_table(results))
+        fail(f"{what}: {e}\nEvery sample finished before this is saved; fix the cause and run the "
+             "same command again to resume.", EXIT_INCOMPLETE)
     except (RunConfigError, ValueError, FileNotFoundError, RuntimeError, KeyError, NotImplementedError) as e:
         fail(str(e))
     finally:
         holder.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     out.print(results_table(results))
+    incomplete = [r for r in results if r.run["status"] != "complete"]
+    errors = sum(r.run["counts"]["errors"] for r in results if r.run["status"] == "complete")
+    for r in incomplete:
+        console.print(f"[yellow]{r.run['task']['name']}: incomplete[/yellow] ({r.run.get('stopped') or 'samples left'}). "
+                      "Run the same command again to continue.")
+    if incomplete:
+        raise typer.Exit(EXIT_INCOMPLETE)
+    if errors:
+        console.print(f"[yellow]{errors} samples hold error records[/yellow] (scored as wrong; see `error` in "
+                      "samples.jsonl). To ask them again: the same command with --retry-errors")
+        raise typer.Exit(EXIT_ERROR_RECORDS)
 
 
 @app.command("list")

@@ -6,11 +6,12 @@ refuses impossible pairings before any work starts), and `generate`.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from evalkit.types import Request, Response
+from evalkit.types import Presentation, Request, Response
 
 
 class AdapterConfig(BaseModel):
@@ -44,10 +45,28 @@ class Model:
         """Cheap checks of the arguments alone (no weights, no network), run when a run starts, before any
         data loads: an adapter that cannot run at all says so first. Raise with a message naming the argument."""
 
+    @classmethod
+    def check_protocol(cls, config: AdapterConfig, choices: str,
+                       presentations: list[Presentation] | None = None) -> None:
+        """Refuse a choice protocol this adapter cannot answer faithfully, before any request is made.
+
+        Called by the runner once the task's presentations are known: `choices` is the run's
+        --choices mode ("original" for tasks without options) and `presentations` the choice order
+        each selected request will show. An adapter whose answers refer to an order fixed elsewhere
+        (predictions made outside evalkit refer to the upstream order) raises ValueError naming the
+        fix, instead of letting its letters be read against another order. Default: any protocol."""
+
     def generate(self, requests: list[Request]) -> list[Response]:
         """One Response per Request, same keys. A failure of one request should be a
         Response with `error` set, not an exception (an exception fails the batch)."""
         raise NotImplementedError
+
+    def generate_stream(self, requests: list[Request]) -> Iterator[Response]:
+        """The same responses as `generate`, each yielded as soon as it is ready (any order). The
+        runner logs every response as it arrives, so a crash loses only the requests in flight:
+        adapters that answer requests concurrently (network backends) override this; the default
+        answers the batch at once."""
+        yield from self.generate(requests)
 
     def info(self) -> dict[str, Any]:
         """Resolved identity for run.json (hub id, revision, dtype...), no secrets."""

@@ -88,7 +88,10 @@ def test_missing_audio_is_an_error_record_and_run_goes_on(toy):
     res = run_task(spec(toy))
     errs = [r for r in read_records(res.run_dir / "samples.jsonl") if r["error"]]
     assert len(errs) == 2 and all("a3.wav" in r["error"] for r in errs)
-    assert res.run["counts"]["errors"] == 2 and res.run["metrics"]["accuracy"]["value"] < 100
+    assert res.run["counts"]["errors"] == 2 and res.run["counts"]["input_errors"] == 2
+    # the figure counts only samples that reached the model, and the run is not called complete
+    assert res.run["metrics"]["accuracy"]["n"] == 22 and res.run["status"] == "incomplete"
+    assert "could not be prepared" in res.run["stopped"]
 
 
 def test_dropped_audio_fails(toy):

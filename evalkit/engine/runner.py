@@ -3,10 +3,19 @@
 One direction, no back and forth. The runner owns batching, audio prefetch
 (decoding the next batch while the model works on this one), resume, the lock
 and the run record; adapters only see Requests, tasks only see records.
+
+What a run's status means (the CLI's exit codes follow it):
+- "complete": every selected key has a record on disk that reached the model (records whose
+  input could not be prepared, e.g. unreadable audio, do not count: they are asked again on resume);
+- "incomplete": anything else; `stopped` in run.json says why (interrupted, the model failed, the
+  adapter reported a cause that fails every request, inputs that could not be prepared).
+Counts, metrics and run.json are computed from samples.jsonl as it is on disk, and metrics only
+over records that reached the model.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,9 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from evalkit import __version__
+from evalkit.engine.fingerprint import Fingerprints, combined, local_paths
 from evalkit.engine.provenance import environment, git_commit, stable_hash
 from evalkit.engine.secrets import redact_args
-from evalkit.engine.store import RunStore
+from evalkit.engine.store import RunStore, unserializable_field
 from evalkit.protocol.choices import gold_histogram, present
 from evalkit.registry import get_model, get_task
 from evalkit.types import GenerationConfig, Presentation, Request, Response
@@ -26,8 +36,22 @@ from evalkit.types import GenerationConfig, Presentation, Request, Response
 SCHEMA_VERSION = 1
 
 
+#: consecutive responses flagged `extra["fatal"]` (a cause that fails every request: HTTP 401,
+#: connection refused, unknown model) after which the run stops, resumably
+FATAL_STOP_AFTER = 3
+#: error_kind of a record whose request never reached the model (audio unreadable, prompt failed):
+#: it does not count as done, and a resume asks again without --retry-errors
+INPUT_ERROR = "input"
+MODEL_ERROR = "model"
+
+
 class RunConfigError(ValueError):
     """An impossible request, refused before any work starts."""
+
+
+class RunStopped(RuntimeError):
+    """The adapter reported a cause that fails every request (`Response.extra["fatal"]`): the run
+    stops with everything finished saved and nothing recorded for the failed requests."""
 
 
 @dataclass
@@ -46,6 +70,22 @@ class RunSpec:
     retry_errors: bool = False
     output: Path = Path("results/runs")
 
+    def validate(self) -> None:
+        """Values the CLI or an API caller could get wrong, refused before any work starts."""
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
+            raise RunConfigError(f"--limit {self.limit!r}: must be a positive number of samples")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise RunConfigError(f"--batch-size {self.batch_size!r}: must be a positive integer")
+        if self.choices not in ("balanced", "original", "circular"):
+            raise RunConfigError(f"--choices {self.choices!r}: use balanced, original or circular")
+        g = self.generation
+        if g.max_new_tokens < 1:
+            raise RunConfigError(f"--max-new-tokens {g.max_new_tokens!r}: must be a positive integer")
+        if not (g.temperature >= 0) or g.temperature != g.temperature:
+            raise RunConfigError(f"--temperature {g.temperature!r}: must be >= 0")
+
 
 @dataclass
 class RunResult:
@@ -58,7 +98,7 @@ class RunResult:
 class Progress:
     """Progress sink; the CLI renders it with rich, tests ignore it."""
 
-    def start(self, task: str, total: int, done: int) -> None: ...
+    def start(self, task: str, total: int, done: int, errors: int = 0) -> None: ...
     def advance(self, n: int, errors: int) -> None: ...
     def stop(self) -> None: ...
 
@@ -100,6 +140,7 @@ class ModelHolder:
         self.config = self.cls.Config(**args)  # validates -M now (typo fails at load)
         self.cls.preflight(self.config)  # an adapter that cannot run says so before any data loads
         self._model = None
+        self._content: dict[str, str] | None = None
 
     @property
     def model(self):
@@ -107,14 +148,46 @@ class ModelHolder:
             self._model = self.cls(self.config)
         return self._model
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, fingerprints: Fingerprints | None = None) -> dict[str, Any]:
+        """What identifies the adapter in the run id: its name, its arguments (secrets masked, volatile
+        settings such as concurrency left out) and the content of every local file or folder an
+        argument names (a model folder, a checkpoint, a predictions file), so that new bytes under an
+        old path are a new run."""
         volatile = getattr(self.cls, "volatile_args", frozenset())
         args = {k: v for k, v in redact_args(self.config).items() if k not in volatile}
-        return {"name": self.name, "args": args}
+        if self._content is None and fingerprints is not None:
+            paths = input_paths(self.cls, self.config.model_dump(mode="json"))
+            self._content = {name: fingerprints.tree(path) for name, path in sorted(paths.items())}
+        out: dict[str, Any] = {"name": self.name, "args": args}
+        if self._content:
+            out["content"] = self._content
+        return out
 
     def close(self) -> None:
         if self._model is not None:
             self._model.close()
+
+
+def input_paths(cls, args: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{arg name: local path} for the adapter arguments that name existing files or folders, leaving out
+    the adapter's volatile arguments (caches, logs); a nested adapter spec ({"name", "args"}, as the
+    cascade's captioner and LLM) is walked with that adapter's own volatile arguments."""
+    volatile = getattr(cls, "volatile_args", frozenset())
+    out: dict[str, str] = {}
+    for name, value in args.items():
+        if name in volatile:
+            continue
+        label = f"{prefix}{name}"
+        if isinstance(value, dict) and isinstance(value.get("name"), str) and isinstance(value.get("args"), dict):
+            try:
+                inner = get_model(value["name"])
+            except Exception:  # not an adapter spec after all
+                inner = None
+            if inner is not None:
+                out.update(input_paths(inner, value["args"], f"{label}.args."))
+                continue
+        out.update(local_paths(value, label))
+    return out
 
 
 def _identity_options(task) -> dict[str, Any]:
@@ -122,11 +195,22 @@ def _identity_options(task) -> dict[str, Any]:
     return {k: v for k, v in task.options.model_dump(mode="json").items() if k not in ("data", "audio_root")}
 
 
-def compute_run_id(model_identity: dict, task, data_hash: str, spec: RunSpec) -> str:
+def audio_digests(samples, fingerprints: Fingerprints) -> dict[str, str]:
+    """sha256 of every audio file the task's samples name, keyed "sample id/part index" (not by path:
+    the same bytes elsewhere are the same run). Embedded audio (hub bytes) is covered by the data hash."""
+    named = {f"{s.id}/{i}": a.path for s in samples for i, a in enumerate(s.audio) if a.path is not None}
+    by_path = fingerprints.files(named.values())
+    return {k: by_path[os.fspath(p)] for k, p in named.items()}
+
+
+def compute_run_id(model_identity: dict, task, data_hash: str, spec: RunSpec, audio_hash: str | None = None) -> str:
+    task_identity = {"name": task.name, "version": task.version, "options": _identity_options(task), "data": data_hash}
+    if audio_hash is not None:
+        task_identity["audio"] = audio_hash
     return stable_hash({
         "evalkit": __version__,  # a release may change prompts or adapters: resume within one release only
         "model": model_identity,
-        "task": {"name": task.name, "version": task.version, "options": _identity_options(task), "data": data_hash},
+        "task": task_identity,
         "protocol": {"choices": spec.choices if task.is_mcq else None, "seed": spec.seed, "no_audio": spec.no_audio},
         "generation": spec.generation.to_dict(),
     })
@@ -149,12 +233,19 @@ def build_request(task, p: Presentation, spec: RunSpec) -> Request:
     return Request(key=p.key, messages=messages, generation=spec.generation)
 
 
-def base_record(p: Presentation, req: Request | None) -> dict[str, Any]:
+def _audio_entry(sample, i: int, a, digests: dict[str, str] | None) -> dict[str, Any]:
+    digest = (digests or {}).get(f"{sample.id}/{i}")
+    if digest is None and a.path is None:
+        digest = a.sha256()  # embedded bytes or an array: hashed in memory
+    return {"ref": a.describe(), "sha256": digest}
+
+
+def base_record(p: Presentation, req: Request | None, digests: dict[str, str] | None = None) -> dict[str, Any]:
     s = p.sample
     return {
         "key": p.key, "sample_id": s.id, "rotation": p.rotation,
         "prompt": req.rendered() if req is not None else None,
-        "audio": [{"ref": a.describe()} for a in s.audio],
+        "audio": [_audio_entry(s, i, a, digests) for i, a in enumerate(s.audio)],
         "choices": p.choices, "permutation": p.permutation, "gold": p.gold,
         "answer": s.choices[s.answer] if s.choices is not None and s.answer is not None else None,
         "target": s.target, "metadata": s.metadata, "cluster": s.cluster(),
@@ -181,39 +272,74 @@ class ModelFailure(RuntimeError):
     """The adapter raised instead of returning error responses: the run stops (resumable)."""
 
 
-def _generate(model, reqs: list[Request]) -> list[Response]:
-    """Per-request failures come back as error responses and become error records. An
-    exception means the model itself is broken (weights missing, CUDA OOM, server down):
-    the run stops with everything finished so far saved, instead of filling the log with
-    error records that a resume would not retry."""
+def _stream(model, reqs: list[Request]):
+    """The adapter's responses as each request completes (`generate_stream`; adapters without it answer
+    the batch at once). Per-request failures come back as error responses and become error records. An
+    exception means the model itself is broken (weights missing, CUDA OOM, server down): the run stops
+    with everything finished so far saved, instead of filling the log with error records that a resume
+    would not retry."""
     if not reqs:
-        return []
+        return
+    stream = getattr(model, "generate_stream", None)
     try:
-        responses = model.generate(reqs)
-    except (KeyboardInterrupt, SystemExit):
+        yield from (stream(reqs) if stream is not None else model.generate(reqs))
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except Exception as e:
         raise ModelFailure(f"{type(e).__name__}: {e}") from e
-    by_key = {r.key: r for r in responses}
-    return [by_key.get(r.key) or Response(key=r.key, error="adapter returned no response for this request")
-            for r in reqs]
 
 
-def _record(task, p: Presentation, req: Request | None, err: str | None, resp: Response | None) -> dict[str, Any]:
-    rec = base_record(p, req)
+def _lone_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def normalize_response(resp: Response) -> Response:
+    """The last line of defence for replies of any shape: text that is not a string becomes an error
+    response naming its type; lone surrogates (which no UTF-8 log can hold) are replaced by U+FFFD and
+    the repair is recorded in `extra`."""
+    if resp.text is not None and not isinstance(resp.text, str):
+        return Response(resp.key, error=f"adapter returned a {type(resp.text).__name__} as its output, not text",
+                        latency_s=resp.latency_s, extra=dict(resp.extra or {}))
+    if isinstance(resp.text, str) and _lone_surrogates(resp.text):
+        text = resp.text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return Response(resp.key, text=text, error=resp.error, latency_s=resp.latency_s,
+                        extra={**(resp.extra or {}), "text_repaired": "lone surrogates replaced by U+FFFD"})
+    return resp
+
+
+def _record(task, p: Presentation, req: Request | None, err: str | None, resp: Response | None,
+            digests: dict[str, str] | None = None) -> dict[str, Any]:
+    rec = base_record(p, req, digests)
+    error = err if err is not None else resp.error
     rec.update({"output": resp.text if resp else None,
-                "error": err if err is not None else resp.error,
+                "error": error,
+                "error_kind": None if error is None else (INPUT_ERROR if err is not None else MODEL_ERROR),
                 "latency_s": resp.latency_s if resp else None,
                 "extra": resp.extra if resp else {}})
     rec.update(task.score(rec))
+    bad = unserializable_field(rec)
+    if bad is not None:  # never a crash, never a record that cannot be read back: an error record naming the field
+        rec = base_record(p, req, digests)
+        rec.update({"output": None, "error": f"the response could not be logged: {bad}", "error_kind": MODEL_ERROR,
+                    "latency_s": resp.latency_s if resp else None, "extra": {}})
+        rec.update(task.score(rec))
     return rec
 
 
+def reached_model(rec: dict[str, Any]) -> bool:
+    return rec.get("error_kind") != INPUT_ERROR
+
+
 def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store: RunStore,
-                 done: dict[str, dict[str, Any]], progress: Progress) -> tuple[int, float]:
+                 progress: Progress, digests: dict[str, str] | None = None) -> tuple[int, float]:
     """Ask the model for every pending presentation, batch by batch, while a pool decodes the
-    audio of the next PREFETCH_BATCHES batches. Each batch's records are appended and flushed
-    before the next batch starts. Returns (model calls, seconds inside generate)."""
+    audio of the next PREFETCH_BATCHES batches. Each record is appended and flushed as its request
+    completes, so a crash loses at most the requests in flight. Returns (model calls, seconds inside
+    the adapter)."""
     bs = spec.batch_size or getattr(model, "preferred_batch_size", None) or model.default_batch_size
     batches = [pending[i:i + bs] for i in range(0, len(pending), bs)]
     decode = getattr(model, "needs_audio", True) and not spec.no_audio
@@ -221,32 +347,76 @@ def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store:
     submit = lambda b: [pool.submit(_prepare, task, p, spec, model, decode) for p in b]
     ahead: deque[list[Future]] = deque(submit(b) for b in batches[:PREFETCH_BATCHES])
     calls, model_s = 0, 0.0
+    fatal_run: list[str] = []  # causes of consecutive fatal responses
+    fatal_total, last_cause = 0, ""
     try:
         for bi in range(len(batches)):
             futures = ahead.popleft()
             if bi + PREFETCH_BATCHES < len(batches):
                 ahead.append(submit(batches[bi + PREFETCH_BATCHES]))
             prepared = [f.result() for f in futures]
-            reqs = [req for _, req, err in prepared if err is None]
+            failed = [_record(task, p, None, err, None, digests) for p, req, err in prepared if err is not None]
+            if failed:
+                store.append(failed)
+                progress.advance(len(failed), len(failed))
+            waiting = {req.key: (p, req) for p, req, err in prepared if err is None}
+            reqs = [req for _, req in waiting.values()]
             t0 = time.perf_counter()
-            responses = {r.key: r for r in _generate(model, reqs)}
-            model_s += time.perf_counter() - t0
             calls += len(reqs)
-            finished = [_record(task, p, req, err, responses.get(p.key) if err is None else None)
-                        for p, req, err in prepared]
-            for (_, req, _), rec in zip(prepared, finished):
-                done[rec["key"]] = rec
-                for a in req.audio() if req is not None else ():
+            for resp in _stream(model, reqs):
+                if resp.key not in waiting:
+                    raise ModelFailure(f"the adapter answered a request it was not asked ({resp.key!r}) "
+                                       "or answered one twice")
+                p, req = waiting.pop(resp.key)
+                for a in req.audio():
                     a.release()
-            store.append(finished)
-            progress.advance(len(prepared), sum(r["error"] is not None for r in finished))
+                cause = (resp.extra or {}).get("fatal")
+                if cause:  # never reached a model: nothing recorded, a resume asks again
+                    fatal_run.append(str(cause))
+                    fatal_total, last_cause = fatal_total + 1, str(cause)
+                    progress.advance(0, 1)
+                    if len(fatal_run) >= FATAL_STOP_AFTER:
+                        break
+                    continue
+                fatal_run.clear()
+                rec = _record(task, p, req, None, normalize_response(resp), digests)
+                store.append([rec])
+                progress.advance(1, rec["error"] is not None)
+            model_s += time.perf_counter() - t0
+            if len(fatal_run) >= FATAL_STOP_AFTER:
+                raise RunStopped(f"{len(fatal_run)} requests in a row failed in a way that fails every request: "
+                                 f"{fatal_run[-1]}")
+            if waiting:
+                missing = [_record(task, p, req, None, Response(key=k, error="adapter returned no response for "
+                                                                 "this request"), digests)
+                           for k, (p, req) in waiting.items()]
+                store.append(missing)
+                progress.advance(len(missing), len(missing))
+        if fatal_total:
+            raise RunStopped(f"{fatal_total} requests failed in a way that would fail them again (last: {last_cause}); "
+                             "they are not recorded")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return calls, model_s
 
 
+def _open_store(run_dir: Path) -> RunStore | None:
+    """The run's store, locked; None when the folder cannot be written (a finished run may still be shown)."""
+    store = RunStore(run_dir)
+    try:
+        store.acquire()
+    except PermissionError:
+        return None
+    except OSError as e:
+        if e.errno in (30, 13):  # EROFS, EACCES
+            return None
+        raise RunConfigError(f"cannot open the run directory {run_dir}: {e}") from None
+    return store
+
+
 def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progress | None = None) -> RunResult:
     """Run one (model, task) pair to completion, resuming whatever the run directory holds."""
+    spec.validate()
     progress = progress or Progress()
     holder = holder or ModelHolder(spec.model, spec.model_args)
     task = get_task(spec.task).from_args(spec.task_args)
@@ -256,36 +426,81 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
     load_s = time.perf_counter() - t_load
     presentations = present(data.samples, spec.choices if task.is_mcq else "original", spec.seed)
     selected = select(presentations, spec.limit, spec.shard)
-    run_id = compute_run_id(holder.identity(), task, data.data_hash, spec)
+    check_protocol = getattr(holder.cls, "check_protocol", None)
+    if check_protocol is not None:  # e.g. predictions made elsewhere refer to the upstream choice order
+        check_protocol(holder.config, spec.choices if task.is_mcq else "original", selected)
+    fingerprints = Fingerprints()
+    digests = audio_digests(data.samples, fingerprints)
+    audio_hash = combined(digests) if digests else None
+    identity = holder.identity(fingerprints)
+    run_id = compute_run_id(identity, task, data.data_hash, spec, audio_hash)
     run_dir = Path(spec.output) / run_id
-    store = RunStore(run_dir)
+    existed = run_dir.exists()
+    store = _open_store(run_dir)
+    if store is None:
+        return _show_read_only(spec, run_dir, run_id, selected)
     with store:
         started = time.perf_counter()
-        done = store.load()
+        on_disk = store.load()
         previous = store.read_run()
-        retry = lambda r: spec.retry_errors and r.get("error") is not None
-        pending = [p for p in selected if p.key not in done or retry(done[p.key])]
-        progress.start(task.name, len(selected), len(selected) - len(pending))
-        calls, model_s, status = 0, 0.0, "incomplete"
+        retry = lambda r: not reached_model(r) or (spec.retry_errors and r.get("error") is not None)
+        pending = [p for p in selected if p.key not in on_disk or retry(on_disk[p.key])]
+        progress.start(task.name, len(selected), len(selected) - len(pending),
+                       sum(on_disk[p.key].get("error") is not None for p in selected
+                           if p.key in on_disk and not retry(on_disk[p.key])))
+        calls, model_s, stopped = 0, 0.0, "interrupted"
         try:
             if pending:
                 model = holder.model
                 check_pairing(model, task, spec)
-                calls, model_s = _run_pending(task, model, spec, pending, store, done, progress)
-            status = "complete"
-        finally:  # also on Ctrl-C or a model failure: run.json says how far the run got
+                calls, model_s = _run_pending(task, model, spec, pending, store, progress, digests)
+            stopped = None
+        except RunStopped as e:
+            stopped = f"stopped: {e}"
+            raise
+        except ModelFailure as e:
+            stopped = f"the model failed: {e}"
+            raise
+        finally:  # also on Ctrl-C or a model failure: run.json says how far the run got, from what is on disk
             progress.stop()
             wall = time.perf_counter() - started
+            on_disk = store.load()
+            records = [on_disk[p.key] for p in selected if p.key in on_disk]
+            unprepared = sum(not reached_model(r) for r in records)
+            if stopped is None and unprepared:
+                stopped = (f"{unprepared} of {len(selected)} requests could not be prepared (their input never "
+                           "reached the model); fix the cause and run the same command again")
+            status = "complete" if stopped is None and len(records) == len(selected) else "incomplete"
             if status == "complete" and spec.retry_errors:
                 store.compact([p.key for p in selected])
-            records = [done[p.key] for p in selected if p.key in done]
-            run = build_run_record(spec, task, data, holder, run_id, selected, records, status,
-                                   {"load_s": round(load_s, 4), "wall_s": round(wall, 4),
-                                    "model_s": round(model_s, 4), "calls": calls}, previous)
-            store.write_run(run)
-            if status == "complete":
-                task.export(records, run_dir)
+            if not on_disk and previous is None and status != "complete" and not existed:
+                store.release()  # a failed start leaves no empty run directory behind
+                shutil.rmtree(run_dir, ignore_errors=True)
+                run = None
+            else:
+                run = build_run_record(spec, task, data, holder, run_id, selected, records, status,
+                                       {"load_s": round(load_s, 4), "wall_s": round(wall, 4),
+                                        "model_s": round(model_s, 4), "calls": calls}, previous,
+                                       identity=identity, audio_hash=audio_hash, stopped=stopped)
+                store.write_run(run)
+                if status == "complete":
+                    task.export(records, run_dir)
     return RunResult(run_id, run_dir, run, calls)
+
+
+def _show_read_only(spec: RunSpec, run_dir: Path, run_id: str, selected: list[Presentation]) -> RunResult:
+    """A finished run in a folder this process cannot write: shown as it is, nothing written."""
+    from evalkit.engine.store import read_records
+
+    store = RunStore(run_dir)
+    run = store.read_run()
+    on_disk = {r["key"]: r for r in read_records(store.samples_path)}
+    missing = [p.key for p in selected if p.key not in on_disk or not reached_model(on_disk[p.key])]
+    if run is None or missing:
+        raise RunConfigError(f"cannot write to the run directory {run_dir} (read-only or no permission), and the "
+                             f"run is not finished ({len(missing)} of {len(selected)} samples to do); pass "
+                             "--output DIR to a writable folder")
+    return RunResult(run_id, run_dir, run, 0)
 
 
 def count_records(records: list[dict[str, Any]]) -> dict[str, int]:
@@ -295,6 +510,7 @@ def count_records(records: list[dict[str, Any]]) -> dict[str, int]:
         "records": len(records),
         "samples": len({r["sample_id"] for r in records}),
         "errors": sum(r.get("error") is not None for r in records),
+        "input_errors": sum(not reached_model(r) for r in records),
         "extraction_failures": sum((r.get("extraction_stage") in FAILURE_STAGES and r.get("error") is None)
                                    for r in records),
     }
@@ -302,11 +518,16 @@ def count_records(records: list[dict[str, Any]]) -> dict[str, int]:
 
 def build_run_record(spec: RunSpec, task, data, holder: ModelHolder, run_id: str, selected: list[Presentation],
                      records: list[dict[str, Any]], status: str, timing: dict[str, Any],
-                     previous: dict[str, Any] | None) -> dict[str, Any]:
+                     previous: dict[str, Any] | None, identity: dict[str, Any] | None = None,
+                     audio_hash: str | None = None, stopped: str | None = None) -> dict[str, Any]:
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    agg = task.aggregate(records) if records else {"metrics": {}, "groups": {}, "extra": {}}
+    answered = [r for r in records if reached_model(r)]  # figures only over samples that reached a model
+    agg = task.aggregate(answered) if answered else {"metrics": {}, "groups": {}, "extra": {}}
     sessions = list((previous or {}).get("timings", {}).get("sessions", []))
-    sessions.append({"finished": now, **timing})
+    # each session's data location: a resume from another copy of the data is visible here
+    sessions.append({"finished": now, **timing,
+                     "task_options": {k: task.options.model_dump(mode="json").get(k) for k in ("data", "audio_root")},
+                     "status": status, "stopped": stopped})
     model_info = {}
     if holder._model is not None:
         try:
@@ -323,14 +544,16 @@ def build_run_record(spec: RunSpec, task, data, holder: ModelHolder, run_id: str
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "status": status,
+        "stopped": stopped,
         "created": (previous or {}).get("created", now),
         "updated": now,
         "evalkit": {"version": __version__, **git_commit()},
         "environment": environment(),
         "task": {"name": task.name, "version": task.version, "options": task.options.model_dump(mode="json"),
-                 "source": data.source, "data_hash": data.data_hash, "warnings": data.warnings,
+                 "source": data.source, "data_hash": data.data_hash, "audio_hash": audio_hash,
+                 "warnings": data.warnings,
                  "main_metric": task.main_metric, "modality": task.modality},
-        "model": {**holder.identity(), "info": model_info},
+        "model": {**(identity or holder.identity()), "info": model_info},
         "generation": spec.generation.to_dict(),
         "protocol": {"choices": spec.choices if task.is_mcq else None, "seed": spec.seed, "limit": spec.limit,
                      "shard": f"{spec.shard[0] + 1}/{spec.shard[1]}" if spec.shard else None,

@@ -1,8 +1,9 @@
 """A run directory: `samples.jsonl` (append-only, flushed per record), `run.json`
 (written atomically) and a lock so two processes never write one run.
 
-Crash safety: each batch of records is appended with one write and flushed, so `kill -9`
-loses at most a partial last line, which `load()` truncates away. Records are
+Crash safety: each finished record is appended with one write and flushed as it completes, so
+`kill -9` loses at most a partial last line, which `load()` truncates away. Lines are split on
+"\n" only (JSON may hold a raw U+2028 inside a string). Records are
 never rewritten in place; `compact()` rewrites the file atomically (temp file +
 rename) when superseded records (retried errors) must go.
 """
@@ -66,6 +67,38 @@ def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     return records
 
 
+def encode_record(record: dict[str, Any]) -> str:
+    """One samples.jsonl line; raises ValueError naming what cannot be logged."""
+    try:
+        line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+        line.encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as e:
+        raise RunStoreError(f"record {record.get('key')!r}: {unserializable_field(record) or e}") from None
+    return line + "\n"
+
+
+def unserializable_field(record: dict[str, Any]) -> str | None:
+    """The first field of a record that cannot be written as strict UTF-8 JSON (NaN, Infinity, lone
+    surrogates, objects that are not JSON), as "field 'name': why"; None when the record is fine."""
+    def problem(value: Any) -> str | None:
+        try:
+            json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+            return None
+        except (TypeError, ValueError, UnicodeEncodeError) as e:
+            return f"{type(e).__name__}: {str(e)[:200]}"
+
+    if problem(record) is None:
+        return None
+    for name, value in record.items():
+        why = problem(value)
+        if why is not None:
+            if isinstance(value, dict):
+                inner = next((f"{name}.{k}" for k, v in value.items() if problem(v) is not None), name)
+                return f"field {inner!r}: {why}"
+            return f"field {name!r}: {why}"
+    return "the record's keys: not JSON"
+
+
 def latest_by_key(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The newest record per key (a retried error supersedes the old record)."""
     out: dict[str, dict[str, Any]] = {}
@@ -84,6 +117,8 @@ class RunStore:
 
     # -- locking ---------------------------------------------------------------
     def acquire(self) -> None:
+        if self._lock_file is not None:  # already held by this store
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         f = open(self.dir / LOCK, "a+")  # noqa: SIM115 (held open: the flock lives as long as the run)
         try:
@@ -122,12 +157,16 @@ class RunStore:
         return latest_by_key(read_records(self.samples_path, repair=self._lock_file is not None))
 
     def append(self, records: list[dict[str, Any]]) -> None:
-        """Append one batch of finished records and flush them to the OS, so a
-        `kill -9` after this returns loses none of them."""
-        if self._out is None:
-            self._out = open(self.samples_path, "a", encoding="utf-8")  # noqa: SIM115 (appended to per batch)
-        self._out.write("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records))
-        self._out.flush()
+        """Append finished records and flush them to the OS, so a `kill -9` after this returns loses
+        none of them. The whole call is one write: a record that cannot be encoded writes nothing."""
+        text = "".join(encode_record(r) for r in records)
+        try:
+            if self._out is None:
+                self._out = open(self.samples_path, "a", encoding="utf-8")  # noqa: SIM115 (appended to per record)
+            self._out.write(text)
+            self._out.flush()
+        except OSError as e:
+            raise RunStoreError(f"cannot write {self.samples_path}: {e}") from None
 
     def rewrite(self, records: list[dict[str, Any]]) -> None:
         """Replace samples.jsonl with exactly these records (temp file + rename: atomic)."""
@@ -136,7 +175,7 @@ class RunStore:
             self._out = None
         tmp = self.samples_path.with_name(SAMPLES + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records))
+            f.write("".join(encode_record(r) for r in records))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.samples_path)
@@ -159,4 +198,7 @@ class RunStore:
         return json.loads(self.run_path.read_text())
 
     def write_run(self, run: dict[str, Any]) -> None:
-        write_json_atomic(self.run_path, run)
+        try:
+            write_json_atomic(self.run_path, run)
+        except OSError as e:
+            raise RunStoreError(f"cannot write {self.run_path}: {e}") from None
