@@ -136,7 +136,7 @@ class RichProgress:
 
 
 def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/bold red] {message}")
+    console.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
