@@ -30,11 +30,16 @@ class UnsafePathError(ValueError):
 
 def resolve_under(root: str | os.PathLike, relative: str, what: str = "audio path") -> Path:
     """Join a path read from a data file onto its root, refusing escapes
-    (absolute paths, `..`, symlinks pointing outside)."""
+    (absolute paths, `..`, symlinks pointing outside, NUL bytes, which no file name can hold and
+    which the OS calls would reject with a bare "embedded null byte")."""
+    if "\x00" in os.fspath(root):
+        raise UnsafePathError(f"data root {os.fspath(root)!r} contains a NUL byte")
     root_path = Path(root).resolve()
     rel = str(relative).strip()
     if not rel:
         raise UnsafePathError(f"empty {what}")
+    if "\x00" in rel:
+        raise UnsafePathError(f"{what} {rel!r} contains a NUL byte")
     candidate = Path(rel)
     if candidate.is_absolute():
         raise UnsafePathError(f"{what} {rel!r} is absolute; paths in data files must be relative to {root_path}")

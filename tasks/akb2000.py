@@ -31,6 +31,7 @@ from evalkit.tasks.base import (
     TaskOptions,
     hash_files,
 )
+from evalkit.tasks.loaders import loads_json, read_json_records, without_nonfinite
 from evalkit.types import Sample
 
 CATEGORIES = ("Sound", "Paralinguistic", "Phonetic", "Music", "Audio Quality", "Technical")
@@ -69,7 +70,7 @@ class AKB2000(MCQTask):
             repo, _, revision = data[3:].partition("@")
             revision = revision or "main"
             rows = load_hub_rows(repo, revision, self.options.hub_split)
-            samples, warnings = self._samples([dict(r) for r in rows], f"hf:{repo}@{revision}")
+            samples, warnings = self._samples([without_nonfinite(dict(r)) for r in rows], f"hf:{repo}@{revision}")
             return LoadedData(samples=samples, source=hub_source(repo, revision, self.options.hub_split),
                               data_hash=hub_data_hash(rows, repo, revision), warnings=warnings)
         path = Path(data).expanduser()
@@ -125,7 +126,7 @@ def _choices(rec: dict, where: str, label: str) -> list[str]:
             v = rec[key]
             if isinstance(v, str):  # CSV cell holding a JSON list
                 try:
-                    v = json.loads(v)
+                    v = loads_json(v)
                 except json.JSONDecodeError:
                     raise TaskDataError(f"{where}: {label}: field {key!r} is not a list") from None
             if not isinstance(v, list) or len(v) != 4 or any(c is None or str(c).strip() == "" for c in v):
@@ -180,7 +181,7 @@ def read_records(path: Path) -> list[Any]:
         raise TaskDataError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl or .csv")
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = loads_json(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise TaskDataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
         if isinstance(data, dict):
@@ -191,6 +192,4 @@ def read_records(path: Path) -> list[Any]:
         if not isinstance(data, list):
             raise TaskDataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
         return data
-    from evalkit.tasks.loaders import read_json_records
-
     return read_json_records(path)

@@ -1,19 +1,60 @@
 """Loader helpers shared by several tasks: reading JSON/JSONL record files, typed field access
 with errors naming file, record and field, choice lists, the gold index, audio paths kept under
-their data root. Imports the engine's types and audio path checks only, never another task."""
+their data root, JSONL lines and NaN handling. Imports the engine's types, audio path checks and the
+choice-count limit only, never another task."""
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from evalkit.audio import UnsafePathError, resolve_under
 from evalkit.errors import TaskDataError
+from evalkit.protocol.choices import check_choice_count
 from evalkit.types import AudioRef
 
 
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) for each non-blank line of a JSONL text, split on "\\n" only.
+
+    `str.splitlines()` also splits on U+2028, U+2029 and U+0085, which JSON allows raw inside
+    strings (json.dumps(..., ensure_ascii=False) writes them so, as evalkit's own samples.jsonl
+    does): a record holding one would be cut in two and refused. A trailing "\\r" (CRLF files)
+    is JSON whitespace."""
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line.strip(" \t\r"):
+            yield lineno, line
+
+
+def _nonfinite_to_none(name: str) -> None:
+    return None
+
+
+def loads_json(text: str) -> Any:
+    """json.loads, with the non-standard constants NaN, Infinity and -Infinity read as None.
+    Python's json.dumps and pandas write NaN for a missing value; kept as a float it would become
+    a "nan" group or an option text, or make the run log unwritable (records are written with
+    allow_nan=False). Infinity is no more writable, so it goes the same way."""
+    return json.loads(text, parse_constant=_nonfinite_to_none)
+
+
+def without_nonfinite(value: Any) -> Any:
+    """`value` with every float NaN/Infinity (nested in dicts and lists) replaced by None: rows read
+    from parquet or the hub, where a pandas export stores a missing string as a float NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: without_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nonfinite(v) for v in value]
+    return value
+
+
 def read_json_records(path: Path) -> list[Any]:
-    """Records of a JSON list or a JSONL file; TaskDataError names file and record."""
+    """Records of a JSON list or a JSONL file; TaskDataError names file and record.
+    NaN/Infinity constants are read as None (see loads_json)."""
     if not path.exists():
         raise TaskDataError(f"data file not found: {path}")
     if path.is_dir():
@@ -24,16 +65,14 @@ def read_json_records(path: Path) -> list[Any]:
         raise TaskDataError(f"cannot read {path}: {e}") from None
     if path.suffix.lower() == ".jsonl" or (not text.lstrip().startswith("[") and path.suffix.lower() != ".json"):
         out = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
+        for lineno, line in jsonl_lines(text):
             try:
-                out.append(json.loads(line))
+                out.append(loads_json(line))
             except json.JSONDecodeError as e:
                 raise TaskDataError(f"{path}: line {lineno} (record {len(out)}) is not valid JSON: {e.msg}") from None
         return out
     try:
-        data = json.loads(text)
+        data = loads_json(text)
     except json.JSONDecodeError as e:
         raise TaskDataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     if not isinstance(data, list):
@@ -61,8 +100,11 @@ def get_field(rec: Any, field: str, where: str, index: int, kind: type | tuple =
 def get_choices(rec: dict, field: str, where: str, index: int) -> list[str]:
     value = get_field(rec, field, where, index, list)
     if len(value) < 2 or not all(isinstance(c, (str, int, float)) and not isinstance(c, bool) for c in value):
+        missing = [j for j, c in enumerate(value) if c is None]
+        detail = f" (item {missing[0]} is null or NaN)" if missing else ""
         raise TaskDataError(f"{where}: {record_name(rec, index)}: field {field!r} must be a list of "
-                            f"at least two strings")
+                            f"at least two strings{detail}")
+    check_choice_count(len(value), f"{where}: {record_name(rec, index)}: field {field!r}")
     return [str(c).strip() for c in value]
 
 

@@ -42,6 +42,7 @@ from evalkit.tasks.loaders import (
     local_audio,
     read_json_records,
     record_name,
+    without_nonfinite,
 )
 from evalkit.tasks.official import mmau_official
 from evalkit.types import Sample
@@ -82,7 +83,7 @@ class MMAR(MCQTask):
                 f"mmar-audio.tar.gz from {HUB_REPO} and pass -T audio_root=DIR (the folder holding audio/), "
                 f"or pass -T data=MMAR-meta.json -T audio_root=DIR")
         rows = load_hub_rows(HUB_REPO, revision, HUB_SPLIT)
-        samples, warnings = self._samples([dict(r) for r in rows], f"hf:{HUB_REPO}@{revision}",
+        samples, warnings = self._samples([without_nonfinite(dict(r)) for r in rows], f"hf:{HUB_REPO}@{revision}",
                                           Path(self.options.audio_root).expanduser())
         return LoadedData(samples=samples, source=hub_source(HUB_REPO, revision, HUB_SPLIT),
                           data_hash=hub_data_hash(rows, HUB_REPO, revision), warnings=warnings)

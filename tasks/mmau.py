@@ -42,10 +42,12 @@ from evalkit.tasks.loaders import (
     get_choices,
     get_field,
     gold_index,
+    loads_json,
     local_audio,
     metadata_value,
     read_json_records,
     record_name,
+    without_nonfinite,
 )
 from evalkit.tasks.official import mmau_official
 from evalkit.types import Sample
@@ -232,10 +234,11 @@ def _item_from_record(r: dict[str, Any]) -> dict[str, Any]:
 def _hub_row_to_item(row: dict[str, Any], where: str, i: int) -> dict[str, Any]:
     """A hub row in the GitHub JSON form: metadata unpacked from
     `other_attributes`, "(A) " prefixes stripped from choices and answer."""
+    row = without_nonfinite(row)
     attrs = row.get("other_attributes")
     if isinstance(attrs, str):
         try:
-            attrs = json.loads(attrs)
+            attrs = loads_json(attrs)
         except json.JSONDecodeError as e:
             raise TaskDataError(f"{where}: record {i}: field 'other_attributes' is not valid JSON: {e.msg}") from None
     attrs = attrs if isinstance(attrs, dict) else {}

@@ -16,7 +16,9 @@ so some items have two or three choices; the literal string "None" is kept,
 since it can be a real option (unverified upstream). An answer_gt that is not
 among the choices is a loader warning and the item is skipped. Repeated ids
 are made unique with a "#n" suffix (with a warning), since the engine keys
-records by id.
+records by id; the suffix never takes an id the data holds (`unique_ids`).
+Float NaN values (a pandas export's missing value) are read as None: a NaN
+option is padding, a NaN category no group.
 
 Prompts: "default" (evalkit's) or "upstream" (the official MMSU inference
 prompt). Official scorer: `mmsu_official` (letter at p[0] or p[-2], "wrong
@@ -36,6 +38,7 @@ from evalkit.tasks.base import (
     TaskDataError,
     hash_files,
 )
+from evalkit.tasks.loaders import without_nonfinite
 from evalkit.tasks.official import mmsu_official
 from evalkit.types import Sample
 
@@ -84,9 +87,10 @@ class MMSU(MCQTask):
         from evalkit.hub import audio_from_hub
 
         samples: list[Sample] = []
+        labels: list[str] = []  # "<where>: <label>" of each sample, for the renaming warnings
         warnings: list[str] = []
-        seen: dict[str, int] = {}
         for where, i, row in rows:
+            row = without_nonfinite(row)  # a pandas export's NaN is a missing value, not "nan"
             rid_raw = row.get("id")
             label = f"record {i}" + (f" (id {rid_raw!r})" if rid_raw is not None else "")
             if rid_raw is None or str(rid_raw).strip() == "":
@@ -119,13 +123,6 @@ class MMSU(MCQTask):
                 audio = audio_from_hub(audio_value, root=root)
             except (ValueError, UnsafePathError) as e:
                 raise TaskDataError(f"{where}: {label}: field 'audio': {e}") from None
-            if rid in seen:
-                seen[rid] += 1
-                new = f"{rid}#{seen[rid]}"
-                warnings.append(f"{where}: {label}: duplicate id {rid!r}; renamed to {new!r}")
-                rid = new
-            else:
-                seen[rid] = 1
             category = row.get("category")
             samples.append(Sample(
                 id=rid, question=question, audio=[audio], choices=choices, answer=gold,
@@ -137,7 +134,33 @@ class MMSU(MCQTask):
                     "linguistics_sub_discipline": row.get("linguistics_sub_discipline"),
                     "axis": category.strip().lower() if isinstance(category, str) and category.strip() else None,
                 }))
+            labels.append(f"{where}: {label}")
+        for s, label, new_id in zip(samples, labels, unique_ids([s.id for s in samples])):
+            if new_id != s.id:
+                warnings.append(f"{label}: duplicate id {s.id!r}; renamed to {new_id!r}")
+                s.id = new_id
         return samples, warnings
+
+
+def unique_ids(ids: list[str]) -> list[str]:
+    """The ids made unique, deterministically: the first occurrence of an id keeps it; each later
+    one becomes "<id>#<n>" with the smallest n >= 2 that is neither an id in the data nor already
+    given. So x, x, x#2 -> x, x#3, x#2: an id the data holds is never taken by a renamed one."""
+    taken = set(ids)
+    seen: set[str] = set()
+    out = []
+    for rid in ids:
+        if rid not in seen:
+            seen.add(rid)
+            out.append(rid)
+            continue
+        n = 2
+        while f"{rid}#{n}" in taken:
+            n += 1
+        new = f"{rid}#{n}"
+        taken.add(new)
+        out.append(new)
+    return out
 
 
 def _parquet_files(path: Path) -> list[Path]:

@@ -15,10 +15,19 @@ import random
 from collections import Counter, defaultdict
 from typing import Literal
 
+from evalkit.errors import TaskDataError
 from evalkit.types import Presentation, Sample
 
 ChoiceMode = Literal["balanced", "original", "circular"]
+#: the labels options are shown and read back with; a question can have at most this many options
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def check_choice_count(n: int, where: str) -> None:
+    """Refuse more options than there are letters to label them (`where` names the record)."""
+    if n > len(LETTERS):
+        raise TaskDataError(f"{where}: {n} options, but evalkit labels options A-Z, so at most "
+                            f"{len(LETTERS)}; split the question or drop options")
 
 
 def _digest(seed: int, sample_id: str) -> int:
@@ -42,6 +51,9 @@ def _balanced(samples: list[Sample], seed: int) -> dict[str, list[int]]:
 def present(samples: list[Sample], mode: ChoiceMode, seed: int) -> list[Presentation]:
     """One Presentation per model call, in sample order."""
     mcq = [s for s in samples if s.choices is not None and s.answer is not None]
+    for s in samples:  # every task's samples pass here, whatever its loader checked
+        if s.choices is not None:
+            check_choice_count(len(s.choices), f"sample {s.id!r}")
     perms = _balanced(mcq, seed) if mode == "balanced" else {}
     out: list[Presentation] = []
     for s in samples:
