@@ -7,12 +7,15 @@ that changes the number upstream changes it here too. evalkit's own
 
 Each scorer is a pure function of a sample record (docs/records.md): it reads
 `output`, `error`, `choices` (in the order shown to the model) and `answer`
-(the gold text). It returns 1.0 / 0.0, or None for "not counted" (the item
-leaves the denominator, as upstream drops it).
+(the gold text); MMSU's also reads `permutation` and the raw upstream fields
+the loader keeps in `metadata` (`mmsu_upstream_fields`). It returns 1.0 / 0.0,
+or None for "not counted" (the item leaves the denominator, as upstream drops
+it).
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 _WORD = re.compile(r"\b\w+\b")
@@ -64,9 +67,17 @@ def mmau_official(record: dict[str, Any]) -> float:
     Upstream reads the raw text under `model_output` (MMAU; its README says
     `model_prediction`, but the script reads `model_output`) or
     `answer_prediction` (MMAR's current script; the May-2025 one read
-    `model_prediction`); here it is the record's `output`. Upstream skips items
-    without that key; evalkit always has a record, and a model error or a null
-    output scores 0.0 (counted wrong, never dropped).
+    `model_prediction`); here it is the record's `output`.
+
+    Edge cases, as upstream scores the file evalkit writes for it (MMAU's
+    `export`, which writes "" for a null output):
+    - an empty, blank or punctuation-only response has no tokens: wrong;
+    - a model error or a null output scores 0.0 (counted wrong, never
+      dropped). Upstream skips an item whose key is absent and crashes on a
+      JSON null (its tokenizer calls `.lower()`), so neither has a figure to
+      match; counting it wrong keeps a failing model from gaining;
+    - a non-string output is a TypeError naming the record: upstream cannot
+      score it either, and no adapter should produce one.
     """
     if record.get("error") is not None:
         return 0.0
@@ -75,22 +86,49 @@ def mmau_official(record: dict[str, Any]) -> float:
     answer = record.get("answer")
     if output is None or answer is None:
         return 0.0
+    if not isinstance(output, str):
+        raise TypeError(f"mmau_official: record {record.get('key', record.get('sample_id'))!r}: output is "
+                        f"{type(output).__name__}, not text; upstream's token-set rule cannot score it")
     return float(token_set_correct(output, list(choices), str(answer)))
 
 
 _MMSU_LETTERS = "ABCD"
+#: sample-metadata key under which the MMSU loader keeps what upstream's scorer reads (mmsu_upstream_fields)
+MMSU_UPSTREAM = "mmsu_upstream"
+MMSU_CHOICE_FIELDS = ("choice_a", "choice_b", "choice_c", "choice_d")
 
 
-def mmsu_letter(response: str | None) -> str | None:
+def mmsu_upstream_fields(row: Mapping[str, Any], letters: Sequence[str]) -> dict[str, Any]:
+    """What the MMSU loader stores in `sample.metadata[MMSU_UPSTREAM]` for `mmsu_official`.
+
+    - `choice_a`..`choice_d` and `answer_gt` exactly as the dataset row holds
+      them: upstream compares them unstripped ("dog " is not "dog") and a null
+      padding option stays null; a missing field reads as "", as upstream's
+      `record.get(field, '')` does;
+    - `letters`: the upstream letter (A-D) of each entry of the sample's
+      `choices`, in that order: ["A", "B", "D"] when the loader drops a padding
+      option C, "ABCD" when it keeps every position.
+    """
+    letters = list(letters)
+    if len(set(letters)) != len(letters) or any(x not in _MMSU_LETTERS for x in letters):
+        raise ValueError(f"mmsu_upstream_fields: letters must be distinct letters from A-D, got {letters}")
+    fields = {f: row.get(f, "") for f in MMSU_CHOICE_FIELDS}
+    return {**fields, "answer_gt": row.get("answer_gt", ""), "letters": letters}
+
+
+def mmsu_letter(response: object) -> str | None:
     """The letter MMSU's `mmsu_evaluation.py` reads from a response, "" for a
-    response it counts wrong outright (empty or "None"), None for "Wrong format".
+    response it counts wrong outright (empty or "None"), None for a response it
+    leaves out of the denominator.
 
+    Upstream: a response that is not a string (JSON null, a number, a list)
+    fails `response.strip()` and is skipped ("Error prediction!"). Otherwise
     p = response.strip() with newlines removed; if p[0] is A-D it is the
     letter; else if p[-2] is A-D (as in "... is B.") it is; otherwise the item
-    is reported as "Wrong format" and left out of the denominator.
+    is reported as "Wrong format" and skipped.
     """
-    if response is None:
-        return ""
+    if not isinstance(response, str):
+        return None
     p = response.strip().replace("\n", "")
     if p == "" or p == "None":
         return ""
@@ -101,8 +139,34 @@ def mmsu_letter(response: str | None) -> str | None:
     return None
 
 
+def _mmsu_upstream(record: dict[str, Any]) -> dict[str, Any]:
+    key = record.get("key", record.get("sample_id"))
+    fields = (record.get("metadata") or {}).get(MMSU_UPSTREAM)
+    if fields is None:
+        raise NotImplementedError(
+            f"mmsu_official: record {key!r} has no metadata[{MMSU_UPSTREAM!r}] (the raw choice_a..choice_d, "
+            f"answer_gt and the upstream letter of each choice, which upstream's scorer compares); the MMSU loader "
+            f"(tasks/mmsu.py) must store mmsu_upstream_fields(row, letters) for every sample")
+    missing = [f for f in (*MMSU_CHOICE_FIELDS, "answer_gt", "letters") if f not in fields]
+    if missing:
+        raise ValueError(f"mmsu_official: record {key!r}: metadata[{MMSU_UPSTREAM!r}] lacks {', '.join(missing)}")
+    if len(fields["letters"]) != len(record["choices"]):
+        raise ValueError(f"mmsu_official: record {key!r}: {len(record['choices'])} choices but "
+                         f"{len(fields['letters'])} upstream letters {fields['letters']}")
+    return fields
+
+
 def mmsu_official(record: dict[str, Any]) -> float | None:
     """MMSU's official accuracy for one record (dingdongwang/MMSU `mmsu_evaluation.py`).
+
+    The response's letter is read as upstream reads it (`mmsu_letter`), taken
+    as the choice shown at that position, mapped through the record's
+    `permutation` to that choice's upstream letter, and scored as upstream
+    scores that letter: correct iff the raw `choice_<letter>` equals the raw
+    `answer_gt` (metadata[MMSU_UPSTREAM], unstripped; evalkit's own `accuracy`
+    compares stripped text). So with every position kept (choices A, B, None, D
+    shown as upstream shows them) "D" is D; with the padding dropped the model
+    saw three options and "C" names upstream's D.
 
     Quirks reproduced on purpose:
     - "Answer: B" scores as A (p[0] is "A"), and so does any response starting
@@ -110,23 +174,30 @@ def mmsu_official(record: dict[str, Any]) -> float | None:
     - "b" (lowercase) and "The answer is B" (no final period) are "Wrong
       format": None, left out of the denominator;
     - "... the answer is B." uses p[-2];
-    - empty / "None" responses (and model errors) count as wrong (0.0);
-    - correct iff the letter's choice text equals the gold text, compared on
-      the choices in the order shown to the model; a letter beyond the shown
-      choices (e.g. "C" on a two-option item) is wrong, as upstream compares
-      it with the empty padding. The older MMSU_Bench copy reuses the previous
-      item's letter for an empty response; that order-dependent bug is not
-      reproduced.
+    - a null or non-string response is left out (upstream's `.strip()` fails
+      and it skips the item); so is a model error, whose output is null: an
+      error is what a null response is in upstream's input file (the
+      `predictions` adapter turns a null prediction into an error). evalkit's
+      own `accuracy` counts both wrong; `extra.official_excluded` counts them;
+    - empty / "None" responses count as wrong (0.0);
+    - a letter the model was not shown (e.g. "C" on a two-option item with the
+      padding dropped) is wrong; with the padding kept, upstream compares the
+      padding value (null or "") with answer_gt, which is wrong too.
+    The older MMSU_Bench copy reuses the previous item's letter for an empty
+    response; that order-dependent bug is not reproduced.
     """
+    fields = _mmsu_upstream(record)
     if record.get("error") is not None:
-        return 0.0
+        return None
     letter = mmsu_letter(record.get("output"))
     if letter is None:
         return None
     if letter == "":
         return 0.0
-    choices = record.get("choices") or []
-    i = _MMSU_LETTERS.index(letter)
-    if i >= len(choices):
+    shown = _MMSU_LETTERS.index(letter)
+    n = len(record["choices"])
+    if shown >= n:
         return 0.0
-    return float(choices[i] == record.get("answer"))
+    permutation = record.get("permutation") or list(range(n))
+    upstream_letter = fields["letters"][permutation[shown]]
+    return float(fields[f"choice_{upstream_letter.lower()}"] == fields["answer_gt"])

@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 
 from evalkit.protocol.choices import LETTERS, present
-from evalkit.tasks.official import mmau_official, mmsu_letter, mmsu_official, token_set_correct
+from evalkit.tasks.official import (
+    MMSU_UPSTREAM,
+    mmau_official,
+    mmsu_letter,
+    mmsu_official,
+    mmsu_upstream_fields,
+    token_set_correct,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MMAU_JSON = SHARED / "mmau" / "mmau-test-mini.json"
@@ -99,7 +106,11 @@ def test_mmau_letter_uses_gold_position_not_first_duplicate(mmau_original_record
 # ---------------------------------------------------------------- MMSU quirks
 
 def _mmsu(output, choices=("cat", "dog", "bird", "fish"), answer="cat", error=None):
-    return {"output": output, "choices": list(choices), "answer": answer, "error": error}
+    """A record with every choice real (no padding), shown in upstream order."""
+    row = {**dict(zip(("choice_a", "choice_b", "choice_c", "choice_d"), choices)), "answer_gt": answer}
+    letters = "ABCD"[:len(choices)]
+    return {"key": "k", "output": output, "choices": list(choices), "permutation": list(range(len(choices))),
+            "answer": answer, "error": error, "metadata": {MMSU_UPSTREAM: mmsu_upstream_fields(row, letters)}}
 
 
 @pytest.mark.parametrize("output,expected", [
@@ -112,10 +123,11 @@ def _mmsu(output, choices=("cat", "dog", "bird", "fish"), answer="cat", error=No
     ("The answer is A.", 1.0),    # p[-2]
     ("The answer is B.", 0.0),
     ("the answer is\nA.\n", 1.0),  # newlines removed before p[-2]
+    ("The answer is A\n.", 1.0),   # ... and only then is p[-2] read
     ("", 0.0),
     ("   ", 0.0),
     ("None", 0.0),
-    (None, 0.0),
+    (None, None),                 # upstream's .strip() fails: left out
 ])
 def test_mmsu_official_quirks(output, expected):
     assert mmsu_official(_mmsu(output)) == expected
@@ -123,7 +135,7 @@ def test_mmsu_official_quirks(output, expected):
 
 def test_mmsu_official_letter_beyond_choices_and_errors():
     assert mmsu_official(_mmsu("C", choices=("yes", "no"), answer="yes")) == 0.0
-    assert mmsu_official(_mmsu("A", error="boom")) == 0.0
+    assert mmsu_official(_mmsu("A", error="boom")) is None  # an error is a null response upstream
     assert mmsu_official(_mmsu("D", choices=("a", "b", "c", "None"), answer="None")) == 1.0
     assert mmsu_letter("x") is None
     assert mmsu_letter("...is D.") == "D"
