@@ -1,49 +1,78 @@
-"""Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM serve, SGLang, ...).
+"""Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM serve, SGLang, llama.cpp, ...).
 
     evalkit run --model openai -M model=gpt-4o-audio-preview --task mmau
     evalkit run --model openai -M base_url=http://127.0.0.1:8000/v1 -M model=Qwen2-Audio --task mmau
 
-Audio parts are sent as `input_audio` content parts (base64 16-bit PCM WAV at 16 kHz).
-`audio=false` is text-only mode: capabilities become {"text"} and any audio part that
-reaches the adapter is refused per request with a clear error.
+Content: audio parts are sent as `input_audio` content parts (base64 16-bit PCM WAV at 16 kHz).
+`-M content_format=auto` (default) sends a message's content as a plain string when it is all text
+and as a list of parts only when it carries audio: servers such as llama.cpp's refuse (HTTP 500) or
+silently drop list content in text-only chats. `string` always joins text parts (audio is refused
+per request), `parts` always sends lists. `audio=false` is text-only mode: capabilities become
+{"text"} and any audio part that reaches the adapter is refused per request with a clear error.
 
-Requests run concurrently on one persistent event loop in a background thread, so the
-HTTP client (and its keep-alive connections) is reused across batches. `concurrency`
-bounds the requests in flight; `preferred_batch_size` (what the runner uses when no
---batch-size is given) is 4 x concurrency, so that one slow request does not leave the
-other slots idle at the end of every batch. The SDK's own retries are off (max_retries=0): this
-adapter retries 429, 5xx, timeouts and connection errors with exponential backoff and
-full jitter, honouring Retry-After / retry-after-ms; other 4xx fail at once.
+Requests run concurrently on one persistent event loop in a background thread, so the HTTP client
+(and its keep-alive connections) is reused across batches; `generate_stream` yields each response
+as it completes, so the runner logs it at once. `concurrency` bounds the requests in flight;
+`preferred_batch_size` is BATCHES_PER_SLOT x concurrency, so that one slow request does not leave
+the other slots idle at the end of every batch.
 
-The API key is read from the environment variable named by `api_key_env` and never
-appears in logs, `info()` or error messages. Requires the `openai` extra
-(`pip install 'evalkit[openai]'`), imported only when the adapter is built.
+Failures (the SDK's own retries are off):
+  - 429, 408, 409, 5xx, timeouts and connection errors are retried with exponential backoff and full
+    jitter, honouring Retry-After / retry-after-ms, at most `max_retries` times;
+  - a 5xx other than 502/503/504 whose body repeats `max_identical_errors` times in a row is
+    deterministic (a server that cannot handle this request) and is not retried further;
+  - other 4xx fail at once. 401/403 (credentials), 404 (model or path not found) and a connection that
+    cannot be made (refused, unknown host) will fail every request the same way: their error responses
+    carry `extra["fatal"]` (the cause, in words) so that the runner stops the run resumably; after a
+    connection failure the requests of the batch not yet sent are answered at once (`extra["not_sent"]`);
+  - `timeout_s` is the total deadline of one request: every attempt, the backoff between them and a
+    body that trickles in byte by byte (`attempt_timeout_s` bounds a single attempt).
+Replies of any shape become text or a per-request error: content parts are concatenated, a string
+`message` or a legacy `choices[0].text` is read, non-text content (a number, an object without text),
+missing choices and non-JSON bodies are errors naming what came back, non-finite `usage` values are
+dropped, lone surrogates are replaced by U+FFFD (`extra["text_repaired"] = "surrogates"`).
+
+The API key is read from the environment variable named by `api_key_env` and never appears in logs,
+`info()` or error messages (evalkit.engine.secrets masks it by value). Query parameters of `base_url`
+(`?api-version=...&api-key=...`) are sent with every request; `headers` are added to every request.
+Requires the `openai` extra (`pip install 'evalkit[openai]'`), imported only when the adapter is built.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import email.utils
+import json
+import math
 import os
+import queue
 import random
 import re
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import Field
 
+from evalkit.engine.secrets import is_credential_name, mask_json, mask_text, register_secret
 from evalkit.models.base import AdapterConfig, Model
 from evalkit.types import Request, Response
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 _MAX_ERROR_CHARS = 500
-#: preferred_batch_size = BATCHES_PER_SLOT * concurrency: the runner hands over this many
-#: requests at once, so the slowest request of a batch rarely leaves slots idle (records are
-#: still flushed per batch, every few seconds at typical latencies)
+#: preferred_batch_size = BATCHES_PER_SLOT * concurrency: the runner hands over this many requests at once,
+#: so the slowest request of a batch rarely leaves slots idle (records are still logged as each completes)
 BATCHES_PER_SLOT = 16
+#: retried: rate limits, request timeouts, conflicts (the SDK's own list), and every 5xx
+RETRIED_4XX = frozenset({408, 409, 429})
+#: the same failure will come back for every request of the run: the runner stops (extra["fatal"])
+FATAL_STATUS = frozenset({401, 403, 404})
+#: gateways and overloaded servers repeat one body while the failure is transient: no identical-body cap
+TRANSIENT_5XX = frozenset({502, 503, 504})
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _default_base_url() -> str:
@@ -55,11 +84,22 @@ class OpenAIConfig(AdapterConfig):
     model: str
     #: name of the environment variable holding the key (the key itself is never configured)
     api_key_env: str = "OPENAI_API_KEY"
+    #: added to every request (e.g. {"api-key": "..."} for Azure-style gateways); credential headers are
+    #: masked in logs by name
+    headers: dict[str, str] = Field(default_factory=dict)
     concurrency: int = Field(8, ge=1)
     max_retries: int = Field(6, ge=0)
-    timeout_s: float = Field(120.0, gt=0)
+    #: total deadline of one request in seconds: all attempts, the backoff between them, slow bodies
+    timeout_s: float = Field(300.0, gt=0)
+    #: deadline of one attempt (a stuck attempt is retried while timeout_s allows)
+    attempt_timeout_s: float = Field(120.0, gt=0)
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(60.0, ge=0)
+    #: a 5xx (other than 502/503/504) that comes back with the same body this many times in a row is not
+    #: retried further
+    max_identical_errors: int = Field(2, ge=1)
+    #: auto: text-only content as a plain string, parts only when audio is present; string; parts
+    content_format: Literal["auto", "string", "parts"] = "auto"
     #: False: text-only mode (capabilities {"text"}); audio parts are refused
     audio: bool = True
     audio_format: Literal["wav"] = "wav"
@@ -74,16 +114,24 @@ class _RequestError(Exception):
 
 
 def clean_url(url: str) -> str:
-    """The URL without credentials, query or fragment (safe for run.json)."""
+    """The URL without credentials, query or fragment (safe for run.json and messages)."""
     try:
         parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
     except ValueError:
         return "<unparseable url>"
-    host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
+    netloc = host + (f":{port}" if port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _split_query(url: str) -> tuple[str, dict[str, str]]:
+    """(URL without query and fragment, its query parameters): the SDK appends paths to base_url verbatim,
+    so a query left in it would swallow the path ("/v1?api-key=X/chat/completions")."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), dict(parse_qsl(parts.query))
 
 
 def _is_local(url: str) -> bool:
@@ -91,6 +139,109 @@ def _is_local(url: str) -> bool:
         return (urlsplit(url).hostname or "") in _LOCAL_HOSTS
     except ValueError:
         return False
+
+
+def repair_text(text: str) -> tuple[str, bool]:
+    """(text with lone surrogates replaced by U+FFFD, whether any were): no UTF-8 log can hold them.
+    json.loads joins valid surrogate pairs, so any surrogate left in a str is a lone one."""
+    if _SURROGATE.search(text) is None:
+        return text, False
+    return _SURROGATE.sub("\ufffd", text), True
+
+
+def _preview(value: Any, limit: int = 200) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=True, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _kind(value: Any) -> str:
+    """The JSON type of a parsed value, in words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _content_text(content: Any, where: str) -> tuple[str | None, str | None]:
+    """(text, error) of a message's content of any shape."""
+    if content is None:
+        return "", None  # no content (e.g. only a refusal or tool calls): an empty answer, extracted as none
+    if isinstance(content, str):
+        return content, None
+    if isinstance(content, list):  # content parts: their text, concatenated
+        texts, others = [], []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict) and isinstance(part.get("text"), str) and \
+                    part.get("type") in (None, "text", "output_text"):
+                texts.append(part["text"])
+            else:
+                others.append(str(part.get("type")) if isinstance(part, dict) else _kind(part))
+        if content and not texts:
+            return None, f"{where} has no text part (parts: {', '.join(others)})"
+        return "".join(texts), None
+    if isinstance(content, dict):
+        if isinstance(content.get("text"), str):
+            return content["text"], None
+        return None, f"{where} is an object without text: {_preview(content)}"
+    return None, f"{where} is {_kind(content)} ({_preview(content)}), not text"
+
+
+def parse_reply(completion: Any) -> tuple[str | None, str | None, dict[str, Any]]:
+    """(text, error, extra) of a chat-completions reply body of any shape; exactly one of text/error is set."""
+    extra: dict[str, Any] = {}
+    if not isinstance(completion, dict):
+        return None, f"reply is {_kind(completion)}, not a JSON object: {_preview(completion)}", extra
+    usage = completion.get("usage")
+    if isinstance(usage, dict):
+        extra["usage"] = {k: v for k, v in usage.items() if _finite_number(v)}
+        dropped = sorted(str(k) for k, v in usage.items() if isinstance(v, float) and not math.isfinite(v))
+        if dropped:
+            extra["usage_dropped"] = dropped  # NaN / Infinity: not JSON, and not a count
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        what = ("no choices" if choices is None or choices == [] else
+                f"choices that are {_kind(choices)}" if not isinstance(choices, list) else
+                f"choices[0] that is {_kind(choices[0])}")
+        err = completion.get("error")
+        detail = ""
+        if err:
+            msg = err.get("message") if isinstance(err, dict) else err
+            detail = f": {msg if isinstance(msg, str) else _preview(msg)}"
+        return None, f"reply has {what}{detail}", extra
+    choice = choices[0]
+    finish = choice.get("finish_reason")
+    extra["finish_reason"] = finish if finish is None or isinstance(finish, str) else _preview(finish)
+    message = choice.get("message")
+    if message is None and "text" in choice:  # the legacy completions shape
+        extra["reply_shape"] = "choices[0].text"
+        return (*_content_text(choice["text"], "choices[0].text"), extra)
+    if isinstance(message, str):
+        extra["reply_shape"] = "message is a string"
+        return message, None, extra
+    if not isinstance(message, dict):
+        return None, f"choices[0].message is {_kind(message)} ({_preview(message)})", extra
+    refusal = message.get("refusal")
+    if refusal:
+        extra["refusal"] = refusal if isinstance(refusal, str) else _preview(refusal)
+    return (*_content_text(message.get("content"), "message.content"), extra)
 
 
 def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
@@ -152,6 +303,14 @@ class _LoopThread:
             self.loop.close()
 
 
+class _Attempts:
+    """What one request went through so far (read when the total deadline cuts it short)."""
+
+    def __init__(self) -> None:
+        self.retries = 0
+        self.last_failure: str | None = None
+
+
 class OpenAICompatible(Model):
     name: ClassVar[str] = "openai"
     description: ClassVar[str] = "any OpenAI-compatible chat-completions endpoint (audio as input_audio WAV)"
@@ -160,6 +319,10 @@ class OpenAICompatible(Model):
     Config: ClassVar[type[AdapterConfig]] = OpenAIConfig
     sample_rate: ClassVar[int | None] = 16000
     default_batch_size: ClassVar[int] = 8
+    #: how requests are paced and retried, not what is asked: not part of the run id
+    volatile_args: ClassVar[frozenset[str]] = frozenset(
+        {"concurrency", "max_retries", "timeout_s", "attempt_timeout_s", "backoff_base_s", "backoff_max_s",
+         "max_identical_errors"})
 
     config: OpenAIConfig
 
@@ -174,7 +337,7 @@ class OpenAICompatible(Model):
             self.capabilities = frozenset({"text"})  # instance attribute overrides the ClassVar
         # A batch must drain completely before the runner sends the next one, so a batch of
         # exactly `concurrency` leaves slots idle while its slowest request finishes (and
-        # serializes client CPU with the wait): 4x keeps the semaphore full (bench_openai.py).
+        # serializes client CPU with the wait): 16x keeps the semaphore full (bench_openai.py).
         self.preferred_batch_size = BATCHES_PER_SLOT * config.concurrency
         key = os.environ.get(config.api_key_env)
         if not key:
@@ -184,12 +347,19 @@ class OpenAICompatible(Model):
                 raise ValueError(
                     f"no API key for {clean_url(config.base_url)}: set the environment variable "
                     f"{config.api_key_env} (or -M api_key_env=NAME for another variable)")
+        else:
+            register_secret(key)  # masked by value in every message, whatever the variable's name
+        for name, value in config.headers.items():
+            if is_credential_name(name):
+                register_secret(value)
         self._api_key = key
         self._loop: _LoopThread | None = None
         self._client = None
         self._sem: asyncio.Semaphore | None = None
         self._rng = random.Random()
         self._served_model: str | None = None
+        #: set when a connection to base_url could not be made: the rest of the batch is not sent
+        self._unreachable: str | None = None
         self._lock = threading.Lock()
 
     # ---- identity -------------------------------------------------------------------
@@ -198,11 +368,14 @@ class OpenAICompatible(Model):
             "base_url": clean_url(self.config.base_url),
             "model": self.config.model,
             "text_only": not self.config.audio,
+            "content_format": self.config.content_format,
             "audio_format": self.config.audio_format if self.config.audio else None,
             "audio_sample_rate": self.sample_rate if self.config.audio else None,
         }
         if self.config.extra_body:
-            out["extra_body"] = redact_args_dict(self.config.extra_body)
+            out["extra_body"] = mask_json(self.config.extra_body)
+        if self.config.headers:
+            out["headers"] = mask_json(self.config.headers)
         if self._served_model:
             out["served_model"] = self._served_model
         return out
@@ -218,22 +391,23 @@ class OpenAICompatible(Model):
         if self._client is None:
             from openai import AsyncOpenAI
 
-            self._client = AsyncOpenAI(api_key=self._api_key, base_url=self.config.base_url,
-                                       timeout=self.config.timeout_s, max_retries=0)
+            base_url, query = _split_query(self.config.base_url)
+            self._client = AsyncOpenAI(api_key=self._api_key, base_url=base_url, default_query=query or None,
+                                       default_headers=self.config.headers or None,
+                                       timeout=self.config.attempt_timeout_s, max_retries=0)
             self._sem = asyncio.Semaphore(self.config.concurrency)
 
-    def _scrub(self, text: str) -> str:
-        if self._api_key and len(self._api_key) >= 4:
-            text = text.replace(self._api_key, "***")
-        text = re.sub(r"(?i)(bearer\s+)\S+", r"\1***", text)
-        text = re.sub(r"sk-[A-Za-z0-9_\-]{8,}", "sk-***", text)
+    def _clean(self, text: str) -> str:
+        """An error message as records may hold it: secrets masked, lone surrogates replaced, bounded."""
+        text = mask_text(repair_text(text)[0])
         if len(text) > _MAX_ERROR_CHARS:
             text = text[:_MAX_ERROR_CHARS] + "..."
         return text
 
     def _content(self, content: Any, role: str) -> Any:
+        fmt = self.config.content_format
         if isinstance(content, str):
-            return content
+            return [{"type": "text", "text": content}] if fmt == "parts" else content
         parts: list[dict[str, Any]] = []
         for p in content:
             kind = p.get("type")
@@ -244,6 +418,9 @@ class OpenAICompatible(Model):
                     raise _RequestError(
                         "audio part in text-only mode (audio=false): this adapter does not send audio; "
                         "run with audio=true or let the runner drop audio for text-only probing")
+                if fmt == "string":
+                    raise _RequestError("content_format=string cannot carry an audio part: "
+                                        "use -M content_format=auto (or parts)")
                 from evalkit.audio import encode_wav
 
                 x, sr = p["audio"].load(self.sample_rate)
@@ -252,9 +429,10 @@ class OpenAICompatible(Model):
                               "input_audio": {"data": b64, "format": self.config.audio_format}})
             else:
                 raise _RequestError(f"unsupported content part type {kind!r}")
-        if role != "user" and all(p["type"] == "text" for p in parts):
-            return "\n".join(p["text"] for p in parts)  # system/assistant: plain string, widest support
-        return parts
+        if fmt == "parts" or any(p["type"] != "text" for p in parts):
+            return parts
+        # all text: a plain string, which every server takes (llama.cpp refuses text-only part lists)
+        return "\n".join(p["text"] for p in parts)
 
     def _body(self, req: Request) -> dict[str, Any]:
         messages = [{"role": m["role"], "content": self._content(m["content"], m["role"])}
@@ -278,10 +456,11 @@ class OpenAICompatible(Model):
         return min(cap, self.config.backoff_base_s * 2 ** attempt) * self._rng.random()
 
     async def _one(self, req: Request) -> Response:
-        import openai
-
         assert self._sem is not None and self._client is not None
         async with self._sem:
+            if self._unreachable is not None:
+                return Response(req.key, error=f"not sent: {self._unreachable}",
+                                extra={"fatal": self._unreachable, "not_sent": True, "retries": 0})
             try:
                 needs_thread = any(p.get("type") == "audio" for m in req.messages
                                    for p in (m["content"] if not isinstance(m["content"], str) else ()))
@@ -289,73 +468,104 @@ class OpenAICompatible(Model):
             except _RequestError as e:
                 return Response(req.key, error=str(e))
             except Exception as e:  # audio decode errors name the file
-                return Response(req.key, error=self._scrub(f"cannot build request: {type(e).__name__}: {e}"))
+                return Response(req.key, error=self._clean(f"cannot build request: {type(e).__name__}: {e}"))
             body.update(self.config.extra_body)
-            attempt = 0
-            while True:
-                t0 = time.perf_counter()
-                retry_after: float | None = None
-                try:
-                    # the client's generic `post` (documented for undocumented endpoints) keeps the
-                    # SDK's auth, HTTP stack and error classes but skips its per-call params
-                    # transform and response-model construction (measured: 5.3 -> 3.2 ms CPU per
-                    # request): the body is already plain JSON, and we read the reply as a dict
-                    completion = await self._client.post("/chat/completions", cast_to=object, body=body)
-                except openai.APIStatusError as e:
-                    status = e.status_code
-                    detail = self._scrub(_error_message(e))
-                    if status != 429 and status < 500:
-                        return Response(req.key, error=f"HTTP {status}: {detail}",
-                                        extra={"retries": attempt})
-                    failure = f"HTTP {status}"
-                    retry_after = parse_retry_after(getattr(e.response, "headers", None))
-                except openai.APITimeoutError as e:
-                    failure, detail = "timeout", self._scrub(f"no response within {self.config.timeout_s} s ({e})")
-                except openai.APIConnectionError as e:
-                    cause = e.__cause__ or e
-                    failure, detail = "connection error", self._scrub(f"{type(cause).__name__}: {cause}")
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:  # malformed reply, validation error...: not retried
-                    return Response(req.key, error=self._scrub(f"{type(e).__name__}: {e}"),
-                                    extra={"retries": attempt})
-                else:
-                    latency = time.perf_counter() - t0
-                    return self._response(req, completion, latency, attempt)
-                if attempt >= self.config.max_retries:
-                    return Response(req.key, error=f"{failure} after {attempt} retries: {detail}",
-                                    extra={"retries": attempt})
-                await asyncio.sleep(self._backoff(attempt, retry_after))
-                attempt += 1
+            state = _Attempts()
+            t0 = time.perf_counter()
+            try:
+                return await asyncio.wait_for(self._attempts(req, body, state), self.config.timeout_s)
+            except asyncio.TimeoutError:
+                last = f"; last failure: {state.last_failure}" if state.last_failure else ""
+                return Response(req.key, latency_s=time.perf_counter() - t0, extra={"retries": state.retries},
+                                error=f"timeout: no complete reply within timeout_s={self.config.timeout_s:g} s "
+                                      f"(the total for the request, {state.retries} retries included){last}")
+
+    async def _attempts(self, req: Request, body: dict[str, Any], state: _Attempts) -> Response:
+        import openai
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeout_s
+        identical, previous = 0, None
+        where = clean_url(self.config.base_url)
+        while True:
+            t0 = time.perf_counter()
+            retry_after: float | None = None
+            fatal: str | None = None
+            try:
+                # the client's generic `post` (documented for undocumented endpoints) keeps the SDK's auth,
+                # HTTP stack and error classes but skips its per-call params transform and response-model
+                # construction (measured: 5.3 -> 3.2 ms CPU per request): the body is already plain JSON,
+                # and the reply is read as parsed JSON of any shape. wait_for bounds the whole attempt: the
+                # SDK's own timeout is per read, which a body trickling in byte by byte never trips.
+                completion = await asyncio.wait_for(
+                    self._client.post("/chat/completions", cast_to=object, body=body),
+                    self.config.attempt_timeout_s)
+            except openai.APIStatusError as e:
+                status = e.status_code
+                detail = self._clean(_error_message(e))
+                if status not in RETRIED_4XX and status < 500:
+                    extra: dict[str, Any] = {"retries": state.retries}
+                    if status in FATAL_STATUS:
+                        extra["fatal"] = f"HTTP {status} from {where}: {detail}"
+                    return Response(req.key, error=f"HTTP {status}: {detail}", extra=extra)
+                failure = f"HTTP {status}"
+                retry_after = parse_retry_after(getattr(e.response, "headers", None))
+                if status >= 500 and status not in TRANSIENT_5XX and retry_after is None:
+                    same = (status, detail)
+                    identical = identical + 1 if same == previous else 1
+                    previous = same
+                    if identical >= self.config.max_identical_errors:
+                        return Response(req.key, extra={"retries": state.retries},
+                                        error=f"HTTP {status}, the same reply {identical} times in a row "
+                                              f"(not retried further): {detail}")
+            except (openai.APITimeoutError, asyncio.TimeoutError):
+                failure = "timeout"
+                detail = f"no complete reply within attempt_timeout_s={self.config.attempt_timeout_s:g} s"
+            except openai.APIConnectionError as e:
+                cause = e.__cause__ or e
+                failure, detail = "connection error", self._clean(f"{type(cause).__name__}: {cause}")
+                # refused, unknown host: no server at base_url. By class name: the SDK's HTTP package is httpx
+                # or a fork of it (httpx2), both raising a ConnectError
+                if any(c.__name__ == "ConnectError" for c in type(cause).__mro__):
+                    fatal = f"cannot connect to {where}: {detail}"
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # an unreadable body (not JSON, not UTF-8): the same every time, not retried
+                return Response(req.key, latency_s=time.perf_counter() - t0, extra={"retries": state.retries},
+                                error=self._clean(f"reply could not be read: {type(e).__name__}: {e}"))
+            else:
+                return self._response(req, completion, time.perf_counter() - t0, state.retries)
+            state.last_failure = f"{failure}: {detail}"
+            wait = self._backoff(state.retries, retry_after)
+            out_of_time = loop.time() + wait >= deadline
+            if state.retries >= self.config.max_retries or out_of_time:
+                why = " (the next retry would pass timeout_s)" if out_of_time and \
+                    state.retries < self.config.max_retries else ""
+                extra = {"retries": state.retries}
+                if fatal is not None:
+                    extra["fatal"] = self._unreachable = fatal
+                return Response(req.key, error=f"{failure} after {state.retries} retries{why}: {detail}",
+                                extra=extra)
+            await asyncio.sleep(wait)
+            state.retries += 1
 
     def _response(self, req: Request, completion: Any, latency: float, retries: int) -> Response:
-        extra: dict[str, Any] = {"retries": retries}
-        if not isinstance(completion, dict):
-            return Response(req.key, error=f"reply is not a JSON object: {str(completion)[:200]!r}",
-                            latency_s=latency, extra=extra)
-        served = completion.get("model")
-        if served and isinstance(served, str):
-            self._served_model = served
-        usage = completion.get("usage")
-        if isinstance(usage, dict):
-            extra["usage"] = {k: v for k, v in usage.items() if isinstance(v, (int, float))}
-        choices = completion.get("choices") or []
-        if not choices or not isinstance(choices[0], dict):
-            err = completion.get("error")
-            detail = f": {self._scrub(str(err))}" if err else ""
-            return Response(req.key, error=f"reply has no choices{detail}", latency_s=latency, extra=extra)
-        choice = choices[0]
-        extra["finish_reason"] = choice.get("finish_reason")
-        message = choice.get("message") or {}
-        if message.get("refusal"):
-            extra["refusal"] = message["refusal"]
-        content = message.get("content")
-        if isinstance(content, list):  # some servers return content parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        return Response(req.key, text=content or "", latency_s=latency, extra=extra)
+        text, error, extra = parse_reply(completion)
+        extra["retries"] = retries
+        if isinstance(completion, dict) and isinstance(completion.get("model"), str):
+            self._served_model = repair_text(completion["model"])[0]
+        if "refusal" in extra:
+            extra["refusal"] = repair_text(extra["refusal"])[0]
+        if error is not None:
+            return Response(req.key, error=self._clean(error), latency_s=latency, extra=extra)
+        text, repaired = repair_text(text or "")
+        if repaired:
+            extra["text_repaired"] = "surrogates"
+        return Response(req.key, text=text, latency_s=latency, extra=extra)
 
     async def _batch(self, requests: list[Request]) -> list[Response]:
         await self._setup()
+        self._unreachable = None  # every batch probes the server afresh
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
     # ---- the contract ----------------------------------------------------------------
@@ -363,6 +573,37 @@ class OpenAICompatible(Model):
         if not requests:
             return []
         return self._ensure_loop().run(self._batch(requests))
+
+    def generate_stream(self, requests: list[Request]) -> Iterator[Response]:
+        """Each response as soon as its request completes (any order). Closing the iterator early
+        (the runner stopping) cancels the requests still pending."""
+        if not requests:
+            return
+        done: queue.Queue[Response | BaseException] = queue.Queue()
+
+        async def one(r: Request) -> None:
+            try:
+                done.put(await self._one(r))
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:  # a bug, not a request failure: surfaces in the caller
+                done.put(e)
+
+        async def run_all() -> None:
+            await self._setup()
+            self._unreachable = None
+            await asyncio.gather(*(one(r) for r in requests))
+
+        fut = self._ensure_loop().submit(run_all())
+        try:
+            for _ in requests:
+                item = done.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not fut.done():
+                fut.cancel()
 
     async def agenerate(self, requests: list[Request]) -> list[Response]:
         """The async form: awaitable from any event loop (work runs on the adapter's loop)."""
@@ -387,23 +628,11 @@ def _error_message(e: Any) -> str:
     body = getattr(e, "body", None)
     if isinstance(body, dict):
         err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
+        if isinstance(err, dict) and isinstance(err.get("message"), str) and err["message"]:
+            return err["message"]
         if isinstance(err, str):
             return err
     return str(getattr(e, "message", None) or e)
 
 
-def redact_args_dict(d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if any(s in k.lower() for s in ("key", "token", "secret", "password", "auth")):
-            out[k] = "***"
-        elif isinstance(v, dict):
-            out[k] = redact_args_dict(v)
-        else:
-            out[k] = v
-    return out
-
-
-__all__ = ["OpenAICompatible", "OpenAIConfig", "clean_url", "parse_retry_after"]
+__all__ = ["OpenAICompatible", "OpenAIConfig", "clean_url", "parse_reply", "parse_retry_after", "repair_text"]

@@ -4,6 +4,12 @@ For tests and benchmarks of network adapters: injectable latency, a fault schedu
 (429 with Retry-After, 5xx, 400), a reply function, and a thread-safe record of every
 request body received (so tests can check that audio arrived as valid base64 WAV).
 
+A reply function returns the assistant text (str), a whole reply body (dict, sent as given:
+NaN becomes the bare `NaN` token Python's json writes, a lone surrogate a `\ud800` escape), or
+`Raw(...)` bytes with any status and content type, optionally trickled one byte at a time (a
+slow body). `strict_content=True` answers a text-only chat whose content is a list of parts with
+HTTP 500, as llama.cpp's server does.
+
     with FakeOpenAIServer(latency_s=0.2, faults=first_n(2, 429, retry_after="0")) as srv:
         adapter = OpenAICompatible(OpenAIConfig(base_url=srv.url, model="m"))
         ...
@@ -46,8 +52,21 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class Raw:
+    """A reply sent byte for byte: `body` with `status` and `content_type`; with `byte_interval_s`, the
+    headers go out at once and the body one byte every `byte_interval_s` seconds."""
+
+    body: bytes
+    status: int = 200
+    content_type: str = "application/json"
+    byte_interval_s: float = 0.0
+
+
 FaultSchedule = Callable[[int, dict], "Fault | None"]  # (arrival index from 0, body) -> fault or None
-ReplyFn = Callable[[dict], str]
+ReplyFn = Callable[[dict], "str | dict | Raw"]
+#: what llama.cpp-style servers answer when a chat template meets list content (HTTP 500)
+STRICT_CONTENT_ERROR = "can only concatenate str (not \"list\") to str"
 
 
 # ---- fault schedules -------------------------------------------------------------------
@@ -109,6 +128,13 @@ def decode_input_audio(part: dict):
     return x, sr
 
 
+def has_list_text_content(body: dict) -> bool:
+    """True for a text-only chat (no input_audio / image part) in which some message's content is a list."""
+    lists = [m.get("content") for m in body.get("messages", []) if isinstance(m.get("content"), list)]
+    media = any(isinstance(p, dict) and p.get("type") not in ("text", None) for c in lists for p in c)
+    return bool(lists) and not media
+
+
 def reply_fixed(text: str = "The answer is (B).") -> ReplyFn:
     return lambda body: text
 
@@ -135,8 +161,10 @@ class Received:
 class FakeOpenAIServer:
     def __init__(self, latency_s: float | Callable[[int, dict], float] = 0.0,
                  faults: FaultSchedule | None = None,
-                 reply: ReplyFn | str = "fixed", model: str = "fake-model") -> None:
+                 reply: ReplyFn | str = "fixed", model: str = "fake-model",
+                 strict_content: bool = False) -> None:
         self.latency_s = latency_s
+        self.strict_content = strict_content
         self.faults = faults
         self.reply: ReplyFn = REPLIES[reply] if isinstance(reply, str) else reply
         self.model = model
@@ -214,8 +242,10 @@ class FakeOpenAIServer:
             rec.status = status
             rec.t_end = time.perf_counter()
 
-    def _completion(self, rec: Received) -> dict:
+    def _completion(self, rec: Received) -> dict | Raw:
         text = self.reply(rec.body)
+        if not isinstance(text, str):  # a whole body, of whatever shape the test wants
+            return text
         prompt_tokens = max(1, len(text_of(rec.body).split()))
         completion_tokens = max(1, len(text.split()))
         return {
@@ -260,11 +290,17 @@ class _Handler(BaseHTTPRequestHandler):
         # no Nagle: a small reply must not wait for the client's delayed ACK (~40 ms)
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+    def _send(self, status: int, payload: dict | Raw, headers: dict[str, str] | None = None) -> None:
+        if isinstance(payload, Raw):
+            if payload.byte_interval_s:
+                self._trickle(payload, headers)
+                return
+            status, data, content_type = payload.status, payload.body, payload.content_type
+        else:
+            data, content_type = json.dumps(payload).encode(), "application/json"
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
@@ -272,6 +308,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._headers_buffer.append(data)
             self.flush_headers()
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+            self.close_connection = True
+
+    def _trickle(self, raw: Raw, headers: dict[str, str] | None) -> None:
+        try:
+            self.send_response(raw.status)
+            self.send_header("Content-Type", raw.content_type)
+            self.send_header("Content-Length", str(len(raw.body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            for i in range(len(raw.body)):
+                time.sleep(raw.byte_interval_s)
+                self.wfile.write(raw.body[i:i + 1])
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, OSError):  # the client gave up: the point of the test
             self.close_connection = True
 
     def do_GET(self) -> None:
@@ -297,6 +348,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers: dict[str, str] = {}
         try:
             fault = fake.faults(rec.index, body) if fake.faults else None
+            if fault is None and fake.strict_content and path in PATHS and has_list_text_content(body):
+                fault = Fault(500, STRICT_CONTENT_ERROR)
             if fault is not None:
                 status, headers = fault.status, fault.headers
                 kind = "rate_limit_error" if status == 429 else (
@@ -312,6 +365,8 @@ class _Handler(BaseHTTPRequestHandler):
             status = 500
             payload = {"error": {"message": f"fake server error: {type(e).__name__}: {e}",
                                  "type": "server_error"}}
+        if isinstance(payload, Raw):
+            status = payload.status
         # leave the in-flight count before replying, so a client that starts its next
         # request as soon as it reads this reply never sees a stale count
         fake._end(rec, status)

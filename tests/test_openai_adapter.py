@@ -103,7 +103,7 @@ def test_text_and_audio_request_payload(fake_server, make_adapter):
 
     tbody = by_text["text"]
     assert tbody["messages"][0] == {"role": "system", "content": "Be brief."}
-    assert tbody["messages"][1]["content"] == [{"type": "text", "text": "What is 2+2?"}]
+    assert tbody["messages"][1]["content"] == "What is 2+2?"  # text-only: a plain string (content_format=auto)
     # the key went in the Authorization header, nowhere else
     auth = [r.headers.get("authorization") for r in fake_server.received]
     assert auth == [f"Bearer {SECRET}"] * 2
@@ -130,7 +130,7 @@ def test_generation_settings_forwarded(fake_server, make_adapter):
 
 def test_keys_and_order_preserved_across_batches(fake_server, make_adapter):
     fake_server.latency_s = lambda i, body: 0.002 * (i % 5)  # replies arrive out of order
-    fake_server.reply = lambda body: body["messages"][-1]["content"][0]["text"]
+    fake_server.reply = lambda body: body["messages"][-1]["content"]
     m = make_adapter(fake_server, concurrency=8)
     for batch in range(2):  # the client and its loop are reused across batches
         reqs = [text_request(f"k{batch}-{i}", text=f"echo {batch}-{i}") for i in range(20)]
@@ -215,8 +215,9 @@ def test_parse_retry_after():
     assert parse_retry_after({"retry-after": past}, now=now) == 0.0
 
 
-@pytest.mark.parametrize("status", [500, 503])
-def test_persistent_5xx_becomes_error_after_max_retries(make_adapter, status):
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_persistent_transient_5xx_becomes_error_after_max_retries(make_adapter, status):
+    # gateways and overloaded servers repeat one body while transient: retried up to max_retries
     with FakeOpenAIServer(faults=always(status, message="backend exploded")) as srv:
         m = make_adapter(srv, max_retries=3)
         out = m.generate([text_request("a"), text_request("b")])
@@ -224,8 +225,30 @@ def test_persistent_5xx_becomes_error_after_max_retries(make_adapter, status):
             assert r.text is None
             assert r.error.startswith(f"HTTP {status} after 3 retries: ")
             assert "backend exploded" in r.error
-            assert r.extra["retries"] == 3
+            assert r.extra["retries"] == 3 and "fatal" not in r.extra
         assert srv.count == 2 * 4
+
+
+@pytest.mark.parametrize("status", [500, 501])
+def test_5xx_with_the_same_body_is_not_retried_forever(make_adapter, status):
+    with FakeOpenAIServer(faults=always(status, message="template error")) as srv:
+        m = make_adapter(srv, max_retries=6)
+        (r,) = m.generate([text_request()])
+        assert srv.count == 2  # the second identical body settles it
+        assert r.error.startswith(f"HTTP {status}, the same reply 2 times in a row (not retried further): ")
+        assert "template error" in r.error and r.extra["retries"] == 1
+    with FakeOpenAIServer(faults=always(status, message="template error")) as srv:
+        m = make_adapter(srv, max_retries=6, max_identical_errors=3)
+        m.generate([text_request()])
+        assert srv.count == 3
+
+
+def test_5xx_with_changing_bodies_is_retried(make_adapter):
+    # first_n numbers its messages ("request 0", "request 1"...): never the same body twice
+    with FakeOpenAIServer(faults=first_n(4, 500, retry_after=None)) as srv:
+        m = make_adapter(srv, max_retries=6)
+        (r,) = m.generate([text_request()])
+        assert r.error is None and r.extra["retries"] == 4 and srv.count == 5
 
 
 def test_persistent_429_error_message(make_adapter):
@@ -244,26 +267,36 @@ def test_400_not_retried(make_adapter):
         assert srv.count == 1
 
 
-def test_timeout_is_retried(make_adapter):
+def test_attempt_timeout_is_retried(make_adapter):
     with FakeOpenAIServer(latency_s=lambda i, body: 2.0 if i == 0 else 0.0) as srv:
-        m = make_adapter(srv, timeout_s=0.3, max_retries=2)
+        m = make_adapter(srv, attempt_timeout_s=0.3, timeout_s=10, max_retries=2)
         (r,) = m.generate([text_request()])
         assert r.error is None and r.extra["retries"] == 1
 
 
-def test_timeout_exhausted(make_adapter):
+def test_attempt_timeouts_exhausted(make_adapter):
     with FakeOpenAIServer(latency_s=1.0) as srv:
-        m = make_adapter(srv, timeout_s=0.1, max_retries=1)
+        m = make_adapter(srv, attempt_timeout_s=0.1, timeout_s=10, max_retries=1)
         (r,) = m.generate([text_request()])
-        assert r.error.startswith("timeout after 1 retries")
+        assert r.error.startswith("timeout after 1 retries: no complete reply within attempt_timeout_s=0.1 s")
+
+
+def test_timeout_s_is_a_total_deadline(make_adapter):
+    with FakeOpenAIServer(latency_s=1.0) as srv:
+        m = make_adapter(srv, timeout_s=0.3, max_retries=5)
+        t0 = time.perf_counter()
+        (r,) = m.generate([text_request()])
+        assert time.perf_counter() - t0 < 0.9
+        assert r.error.startswith("timeout: no complete reply within timeout_s=0.3 s (the total for the request")
 
 
 def test_connection_error_becomes_error_response(make_adapter):
     srv = FakeOpenAIServer().start()
-    m = make_adapter(srv, max_retries=1)
+    m, url = make_adapter(srv, max_retries=1), srv.url
     srv.stop()  # nothing listens on that port any more
     (r,) = m.generate([text_request()])
     assert r.error.startswith("connection error after 1 retries")
+    assert r.extra["fatal"].startswith(f"cannot connect to {url}: ConnectError")
 
 
 def test_one_failure_does_not_fail_the_batch(make_adapter):
