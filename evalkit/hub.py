@@ -6,8 +6,12 @@ or a path), and turned into `AudioRef`s that evalkit decodes itself.
 """
 from __future__ import annotations
 
+import os
+import socket
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from evalkit.errors import TaskDataError
 from evalkit.types import AudioRef
@@ -15,6 +19,32 @@ from evalkit.types import AudioRef
 OFFLINE_HINT = ("To run offline, download the data once and pass it with "
                 "`-T data=PATH -T audio_root=DIR`, or set HF_HUB_OFFLINE=1 with the dataset "
                 "already in the Hugging Face cache (HF_HOME / HF_DATASETS_CACHE).")
+
+
+@lru_cache(maxsize=1)
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connect within seconds (False under HF_HUB_OFFLINE=1).
+
+    Asked once per process: without it, an offline machine spends tens of seconds to minutes in the hub
+    client's retries before the first error. When False, loads use only the local cache."""
+    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+           for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme != "http" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def download_hint(repo: str, revision: str | None, kind: str = "model") -> str:
+    """The command that fetches `repo` into the cache on a machine with network, and how to run offline."""
+    rev = f" --revision {revision}" if revision and revision != "main" else ""
+    typ = " --repo-type dataset" if kind == "dataset" else ""
+    return (f"`hf download {repo}{rev}{typ}` on a machine with network (then copy the cache, HF_HOME), and set "
+            "HF_HUB_OFFLINE=1 here so nothing waits on the network")
 
 
 def load_hub_rows(repo: str, revision: str, split: str, config: str | None = None):
@@ -33,12 +63,17 @@ def load_hub_rows(repo: str, revision: str, split: str, config: str | None = Non
             f"pip install 'evalkit[hub]'. {OFFLINE_HINT}") from None
     try:
         args: list[Any] = [repo] + ([config] if config else [])
-        ds = load_dataset(*args, split=split, revision=revision)
+        kwargs: dict[str, Any] = {}
+        if not hub_reachable():  # the cache only: fail in seconds instead of retrying the network
+            from datasets import DownloadConfig
+
+            kwargs["download_config"] = DownloadConfig(local_files_only=True)
+        ds = load_dataset(*args, split=split, revision=revision, **kwargs)
     except Exception as e:  # network, auth, missing split/revision, offline mode ...
         raise TaskDataError(
             f"could not load {repo} (revision {revision}, split {split}"
             f"{', config ' + config if config else ''}) from the Hugging Face Hub: "
-            f"{type(e).__name__}: {e}. {OFFLINE_HINT}") from None
+            f"{type(e).__name__}: {e}. {OFFLINE_HINT} Or fetch it: {download_hint(repo, revision, 'dataset')}.") from None
     return _undecoded(ds)
 
 
@@ -60,6 +95,8 @@ def resolve_revision(repo: str, revision: str) -> str | None:
     (offline, no huggingface_hub). Never raises."""
     if len(revision) == 40 and all(c in "0123456789abcdef" for c in revision.lower()):
         return revision
+    if not hub_reachable():
+        return None
     try:
         from huggingface_hub import HfApi
 

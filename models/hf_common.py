@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from evalkit.hub import download_hint, hub_reachable
 from evalkit.models.base import AdapterConfig
 from evalkit.types import GenerationConfig, Request
 
@@ -125,7 +126,7 @@ def load_pretrained(loader: Any, source: str, *, what: str, hub_id: str | None, 
         kw["revision"] = revision
     if trust_remote_code is not None:
         kw["trust_remote_code"] = trust_remote_code
-    kw["local_files_only"] = True if local_path else offline()
+    kw["local_files_only"] = True if local_path else (offline() or not hub_reachable())
     try:
         return loader.from_pretrained(source, **kw)
     except ImportError as e:  # a missing optional package the model code needs
@@ -134,14 +135,14 @@ def load_pretrained(loader: Any, source: str, *, what: str, hub_id: str | None, 
     except Exception as e:
         if local_path:
             raise HFLoadError(f"cannot load the {what} from -M path={source}: {type(e).__name__}: {e}") from None
-        how = ("downloads are off (HF_HUB_OFFLINE=1), so it must already be in the Hugging Face cache "
-               f"(HF_HOME / HF_HUB_CACHE, currently {os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'})"
-               if offline() else "it was not in the local cache and could not be downloaded")
+        cache = os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'
+        how = (f"downloads are off (HF_HUB_OFFLINE=1), so it must already be in the Hugging Face cache ({cache})"
+               if offline() else f"the hub cannot be reached from here and it is not in the cache ({cache})"
+               if not hub_reachable() else "it was not in the local cache and could not be downloaded")
         raise HFLoadError(
             f"cannot load the {what} of {hub_id or source!r} at revision {revision or 'main (unpinned)'}: {how}. "
-            f"Fetch it elsewhere (`huggingface-cli download {hub_id or source}"
-            f"{' --revision ' + revision if revision else ''}`) and pass -M path=DIR, or point HF_HOME at a cache "
-            f"that holds it. Cause: {type(e).__name__}: {e}") from None
+            f"Fetch it with {download_hint(hub_id or source, revision)}; or pass -M path=DIR with the files. "
+            f"Cause: {type(e).__name__}: {e}") from None
 
 
 def resolved_commit(model: Any) -> str | None:

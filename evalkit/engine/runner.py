@@ -464,7 +464,8 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
         finally:  # also on Ctrl-C or a model failure: run.json says how far the run got, from what is on disk
             progress.stop()
             wall = time.perf_counter() - started
-            on_disk = store.load()
+            if pending:  # what the file holds now (nothing was appended otherwise)
+                on_disk = store.load()
             records = [on_disk[p.key] for p in selected if p.key in on_disk]
             unprepared = sum(not reached_model(r) for r in records)
             if stopped is None and unprepared:
@@ -483,8 +484,8 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
                                         "model_s": round(model_s, 4), "calls": calls}, previous,
                                        identity=identity, audio_hash=audio_hash, stopped=stopped)
                 store.write_run(run)
-                if status == "complete":
-                    task.export(records, run_dir)
+                if status == "complete" and (pending or (previous or {}).get("status") != "complete"):
+                    task.export(records, run_dir)  # upstream-format files change only with the records
     return RunResult(run_id, run_dir, run, calls)
 
 
