@@ -334,19 +334,29 @@ def score(run_dir: Path = typer.Argument(..., help="A run directory (holds run.j
 @app.command()
 def leaderboard(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories (or run.json files)."),
-    out_file: Path = typer.Option(..., "--out", help="File to write."),
-    fmt: str = typer.Option("json", "--format", help="json, md or csv."),
+    out_file: Path | None = typer.Option(None, "--out", help="File to write (default: print to the terminal)."),
+    fmt: str | None = typer.Option(None, "--format", help="json, md or csv (default: md on the terminal, "
+                                                           "else from the file's suffix, else json)."),
 ) -> None:
     """Export one row per (model, task): main metric, CI, n, split scores, run id."""
     from evalkit.results import leaderboard as lb
 
+    if fmt is None:
+        suffix = out_file.suffix.lower().lstrip(".") if out_file is not None else "md"
+        fmt = {"md": "md", "markdown": "md", "csv": "csv"}.get(suffix, "json")
     try:
         board = lb.build([lb.load_run(p) for p in run_dirs])
         text = lb.render(board, fmt)
     except (ValueError, FileNotFoundError, KeyError) as e:
         fail(str(e))
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(text)
+    if out_file is None:
+        out.print(text, markup=False, highlight=False, soft_wrap=True)
+        return
+    try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(text)
+    except OSError as e:
+        fail(f"cannot write {out_file}: {e}")
     out.print(f"wrote {out_file} ({len(board['rows'])} rows)")
 
 

@@ -306,3 +306,11 @@ def test_holder_rejects_typos_with_pydantic(odd):
 
     with pytest.raises(ValidationError):
         ModelHolder("odd", {"mdoe": "x"})
+
+
+def test_leaderboard_prints_to_the_terminal_without_out(odd):
+    res = run_task(scripted_spec(odd))
+    r = subprocess.run([sys.executable, "-m", "evalkit.cli", "leaderboard", str(res.run_dir)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "toy-mcq" in r.stdout and "| task" in r.stdout and res.run_id in r.stdout
