@@ -364,27 +364,58 @@ def _wav() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.xfail(raises=NotImplementedError, strict=True,
-                   reason="tasks/mmsu.py does not yet store metadata[MMSU_UPSTREAM] (mmsu_upstream_fields) "
-                          "nor keep every position under -T prompt=upstream")
-def test_mmsu_loader_upstream_prompt_end_to_end(tmp_path):
-    """The loader's samples under `-T prompt=upstream` (every position kept, as upstream shows them),
-    the probes' upstream responses, the official figure item for item."""
+def _mmsu_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The rows as an HF-style MMSU parquet shard (string columns, audio struct)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from evalkit.tasks.mmsu import MMSU
-
-    rows = edge_probe() + [{**_padded_middle(i), "response": "D" if i % 3 else "C"} for i in range(12)]
-    rows = [r for r in rows if not isinstance(r["response"], (list, dict))]
     meta = {"task_name": "t", "category": "Perception", "sub-category": "s", "sub-sub-category": "ss",
             "linguistics_sub_discipline": "l", "question": "Which?"}
     cols = ("id", *FIELDS, "answer_gt", *meta)
     table = {c: pa.array([r.get(c, meta.get(c)) for r in rows], type=pa.string()) for c in cols}
     table["audio"] = pa.array([{"bytes": _wav(), "path": f"{r['id']}.wav"} for r in rows],
                               type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
-    pq.write_table(pa.table(table), tmp_path / "mmsu.parquet")
-    task = MMSU.from_args({"data": str(tmp_path / "mmsu.parquet"), "prompt": "upstream"})
+    pq.write_table(pa.table(table), path)
+    return path
+
+
+def test_mmsu_loader_default_prompt_item_for_item(tmp_path):
+    """The loader's samples (padding dropped under the default prompt), presented balanced; the model
+    picks a choice and names its shown letter, or answers null: the official score is upstream's
+    score of that choice's upstream letter (or "skipped"), item for item."""
+    from evalkit.tasks.mmsu import MMSU
+
+    rows = random_probe(160, seed=5)
+    task = MMSU.from_args({"data": str(_mmsu_parquet(rows, tmp_path / "mmsu.parquet"))})
+    samples = task.load().samples
+    assert [s.id for s in samples] == [r["id"] for r in rows]
+    assert any(len(s.choices) < 4 for s in samples)
+    rng = random.Random(2)
+    picks: dict[str, Any] = {}
+
+    def respond(p):
+        if rng.random() < 0.1:
+            picks[p.key] = None
+            return None
+        upstream = [p.sample.metadata[MMSU_UPSTREAM]["letters"][i] for i in p.permutation]
+        picks[p.key] = rng.choice(upstream)
+        return f"The answer is {LETTERS[upstream.index(picks[p.key])]}."
+
+    records = run_predictions(task, samples, "balanced", respond, tmp_path, seed=9)
+    by_id = {r["id"]: r for r in rows}
+    expected = {r["key"]: upstream_mmsu_item({**by_id[r["sample_id"]], "response": picks[r["key"]]})
+                for r in records}
+    assert {"correct", "wrong", "skipped"} <= set(expected.values())
+    assert {r["key"]: as_outcome(r["scores"]["accuracy_official"]) for r in records} == expected
+
+
+def test_mmsu_loader_upstream_prompt_end_to_end(tmp_path):
+    """The loader's samples under `-T prompt=upstream` (every position kept, as upstream shows them),
+    the probes' upstream responses, the official figure item for item."""
+    from evalkit.tasks.mmsu import MMSU
+
+    rows = edge_probe() + [{**_padded_middle(i), "response": "D" if i % 3 else "C"} for i in range(12)]
+    task = MMSU.from_args({"data": str(_mmsu_parquet(rows, tmp_path / "mmsu.parquet")), "prompt": "upstream"})
     samples = task.load().samples
     assert [s.id for s in samples] == [r["id"] for r in rows]
     by_id = {r["id"]: r for r in rows}
