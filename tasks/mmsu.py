@@ -13,7 +13,9 @@ Fields: id, task_name, audio, question, choice_a..choice_d, answer_gt,
 category (Perception/Reasoning), sub-category, sub-sub-category,
 linguistics_sub_discipline. Padding options (Python None or "") are dropped,
 so some items have two or three choices; the literal string "None" is kept,
-since it can be a real option (unverified upstream). An answer_gt that is not
+since it can be a real option (unverified upstream). With `-T prompt=upstream`
+every position is kept, as upstream's prompt shows it (a null option prints as
+"None", a blank one as nothing), so the model sees upstream's four options. An answer_gt that is not
 among the choices is a loader warning and the item is skipped. Repeated ids
 are made unique with a "#n" suffix (with a warning), since the engine keys
 records by id; the suffix never takes an id the data holds (`unique_ids`).
@@ -39,7 +41,7 @@ from evalkit.tasks.base import (
     hash_files,
 )
 from evalkit.tasks.loaders import without_nonfinite
-from evalkit.tasks.official import mmsu_official
+from evalkit.tasks.official import MMSU_UPSTREAM, mmsu_official, mmsu_upstream_fields
 from evalkit.types import Sample
 
 HUB_REPO = "ddwang2000/MMSU"
@@ -86,6 +88,8 @@ class MMSU(MCQTask):
         from evalkit.audio import UnsafePathError
         from evalkit.hub import audio_from_hub
 
+        # the upstream prompt always lists A-D, padding included; evalkit's own drops padding
+        keep_padding = self.options.prompt == "upstream"
         samples: list[Sample] = []
         labels: list[str] = []  # "<where>: <label>" of each sample, for the renaming warnings
         warnings: list[str] = []
@@ -99,13 +103,19 @@ class MMSU(MCQTask):
             question = row.get("question")
             if not isinstance(question, str) or not question.strip():
                 raise TaskDataError(f"{where}: {label}: missing field 'question'")
-            choices = []
-            for f in CHOICE_FIELDS:
+            choices, letters = [], []  # letters: the upstream letter of each option shown
+            n_real = 0
+            for letter, f in zip("ABCD", CHOICE_FIELDS):
                 v = row.get(f)
                 if v is None or (isinstance(v, str) and v.strip() == ""):
-                    continue  # padding; the string "None" is kept as a real option
-                choices.append(str(v).strip())
-            if len(choices) < 2:
+                    if not keep_padding:
+                        continue  # padding; the string "None" is kept as a real option
+                    choices.append("None" if v is None else "")  # as upstream's f"C. {None}" prints it
+                else:
+                    choices.append(str(v).strip())
+                    n_real += 1
+                letters.append(letter)
+            if n_real < 2:
                 raise TaskDataError(f"{where}: {label}: fields choice_a..choice_d hold fewer than two options")
             answer = row.get("answer_gt")
             if answer is None or str(answer).strip() == "":
@@ -133,6 +143,7 @@ class MMSU(MCQTask):
                     "sub-sub-category": row.get("sub-sub-category"),
                     "linguistics_sub_discipline": row.get("linguistics_sub_discipline"),
                     "axis": category.strip().lower() if isinstance(category, str) and category.strip() else None,
+                    MMSU_UPSTREAM: mmsu_upstream_fields(row, letters),  # what mmsu_official compares
                 }))
             labels.append(f"{where}: {label}")
         for s, label, new_id in zip(samples, labels, unique_ids([s.id for s in samples])):

@@ -240,3 +240,28 @@ def test_hub_rows_nan_is_missing(monkeypatch, tmp_path):
     monkeypatch.setattr(hub, "load_hub_rows", lambda repo, rev, split, config=None: akb)
     (s,) = AKB2000.from_args({"data": "hf:someone/akb@abc"}).load().samples
     assert s.metadata == {"category": "Music", "subcategory": None}
+
+
+def test_mmsu_upstream_letters_follow_the_padding(tmp_path):
+    """The loader records each shown option's upstream letter for mmsu_official: with padding dropped
+    (evalkit's prompt) a middle padding shifts the letters; under -T prompt=upstream every position stays."""
+    from evalkit.tasks.mmsu import MMSU
+    from evalkit.tasks.official import MMSU_UPSTREAM
+
+    rows = [mmsu_row("p1", choice_b=None, answer_gt="maybe"), mmsu_row("p2", choice_d="")]
+    f = mmsu_parquet(tmp_path / "mmsu.parquet", rows)
+    compact = {s.id: s for s in MMSU.from_args({"data": str(f)}).load().samples}
+    assert compact["p1"].choices == ["yes", "maybe", "never"] and compact["p1"].answer == 1
+    assert compact["p1"].metadata[MMSU_UPSTREAM]["letters"] == ["A", "C", "D"]
+    assert compact["p2"].metadata[MMSU_UPSTREAM]["letters"] == ["A", "B", "C"]
+    assert compact["p1"].metadata[MMSU_UPSTREAM]["choice_b"] is None  # the raw value upstream compares
+    kept = {s.id: s for s in MMSU.from_args({"data": str(f), "prompt": "upstream"}).load().samples}
+    assert kept["p1"].choices == ["yes", "None", "maybe", "never"] and kept["p1"].answer == 2
+    assert kept["p2"].choices == ["yes", "no", "maybe", ""] and kept["p2"].answer == 1
+    assert kept["p1"].metadata[MMSU_UPSTREAM]["letters"] == ["A", "B", "C", "D"]
+    # a row with fewer than two real options is still refused, padding kept or not
+    f = mmsu_parquet(tmp_path / "one.parquet", [mmsu_row("p3", choice_b=None, choice_c=None, choice_d=None,
+                                                         answer_gt="yes")])
+    for prompt in ("default", "upstream"):
+        with pytest.raises(TaskDataError, match=r"record 0 \(id 'p3'\).*fewer than two options"):
+            MMSU.from_args({"data": str(f), "prompt": prompt}).load()
