@@ -154,6 +154,12 @@ def results_table(results) -> Table:
         synthetic = " [yellow](synthetic data)[/yellow]" if run["task"]["source"].get("synthetic") else ""
         label = [f"[bold]{run['task']['name']}[/bold]{synthetic}", run["model"]["name"],
                  f"[dim]{run['status']}, {c['errors']} errors, {c['extraction_failures']} extraction failures[/dim]"]
+        reliance = run.get("diagnostics", {}).get("audio_reliance")
+        if reliance:
+            silence = (reliance.get("silence") or {}).get("value")
+            line = (f"audio check: {fmt(silence)} with silence, {reliance['unchanged_silence'] * 100:.0f}% answers "
+                    f"unchanged" if reliance.get("unchanged_silence") is not None else "audio check: no items")
+            label.append(f"[bold red]{line}: IGNORES ITS AUDIO?[/bold red]" if reliance.get("flag") else f"[dim]{line}[/dim]")
         for i, name in enumerate(names):
             m = run["metrics"][name]
             ci = m.get("ci") or [None, None]
@@ -184,6 +190,10 @@ def run(
     temperature: float = typer.Option(0.0, help="Sampling temperature (0 = greedy)."),
     no_audio: bool = typer.Option(False, "--no-audio", help="Ablation: drop all audio from the requests."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="On resume, retry samples that errored."),
+    audio_check: bool = typer.Option(False, "--audio-check",
+                                     help="Also ask the first items again with silence (and without audio): flags "
+                                          "a model whose answers barely depend on its audio."),
+    audio_check_limit: int = typer.Option(100, help="Items the audio check asks again (each costs 1-2 more calls)."),
     output: Path = typer.Option(Path("results/runs"), help="Runs go to OUTPUT/<run_id>/."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -219,6 +229,8 @@ def run(
         fail(f"--max-new-tokens {max_new_tokens}: must be a positive integer")
     if not temperature >= 0:
         fail(f"--temperature {temperature}: must be >= 0")
+    if audio_check_limit < 1:
+        fail(f"--audio-check-limit {audio_check_limit}: must be a positive number of items")
     try:
         margs = parse_kv(model_arg, "-M")
         holder = ModelHolder(model, margs)
@@ -258,9 +270,13 @@ def run(
                 console.print("\n[yellow]interrupted.[/yellow] Every finished sample is saved. "
                               "Run the same command again to resume:\n  " + " ".join(sys.argv))
                 raise typer.Exit(130) from None
-            results.append(result)
             if result.run is None:  # nothing was written (a failed start); run_task raised otherwise
                 continue
+            if audio_check and result.run["status"] == "complete":
+                from evalkit.engine.audio_check import audio_check as check_audio
+
+                check_audio(result, spec, holder, audio_check_limit, progress)
+            results.append(result)
             out.print(f"run directory: {result.run_dir}")
             for w in result.run["task"]["warnings"][:5]:
                 console.print(f"[yellow]data warning:[/yellow] {w}")

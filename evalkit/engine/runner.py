@@ -67,6 +67,8 @@ class RunSpec:
     batch_size: int | None = None
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     no_audio: bool = False  # "no audio" ablation: audio parts are dropped from every request
+    #: "silence" ablation: every clip is replaced by zeros of the same length and rate (the audio check)
+    silence_audio: bool = False
     retry_errors: bool = False
     output: Path = Path("results/runs")
 
@@ -211,7 +213,8 @@ def compute_run_id(model_identity: dict, task, data_hash: str, spec: RunSpec, au
         "evalkit": __version__,  # a release may change prompts or adapters: resume within one release only
         "model": model_identity,
         "task": task_identity,
-        "protocol": {"choices": spec.choices if task.is_mcq else None, "seed": spec.seed, "no_audio": spec.no_audio},
+        "protocol": {"choices": spec.choices if task.is_mcq else None, "seed": spec.seed, "no_audio": spec.no_audio,
+                     **({"silence_audio": True} if spec.silence_audio else {})},
         "generation": spec.generation.to_dict(),
     })
 
@@ -226,10 +229,24 @@ def check_pairing(model, task, spec: RunSpec) -> None:
         raise RunConfigError(f"model {spec.model!r} cannot answer text-only task {task.name!r}")
 
 
+def silence_like(ref):
+    """Zeros of the clip's length at its native rate, labelled so logs show what was sent."""
+    import numpy as np
+
+    from evalkit.types import AudioRef
+
+    x, sr = ref.load(None)
+    ref.release()
+    return AudioRef(array=np.zeros(len(x), dtype=np.float32), sample_rate=sr, label=f"silence:{ref.describe()}")
+
+
 def build_request(task, p: Presentation, spec: RunSpec) -> Request:
     messages = task.prompt(p)
     if spec.no_audio:
         messages = [{**m, "content": [c for c in m["content"] if c["type"] != "audio"]} for m in messages]
+    elif spec.silence_audio:
+        messages = [{**m, "content": [{**c, "audio": silence_like(c["audio"])} if c["type"] == "audio" else c
+                                      for c in m["content"]]} for m in messages]
     return Request(key=p.key, messages=messages, generation=spec.generation)
 
 
@@ -558,7 +575,7 @@ def build_run_record(spec: RunSpec, task, data, holder: ModelHolder, run_id: str
         "generation": spec.generation.to_dict(),
         "protocol": {"choices": spec.choices if task.is_mcq else None, "seed": spec.seed, "limit": spec.limit,
                      "shard": f"{spec.shard[0] + 1}/{spec.shard[1]}" if spec.shard else None,
-                     "no_audio": spec.no_audio,
+                     "no_audio": spec.no_audio, "silence_audio": spec.silence_audio,
                      "gold_positions": gold_histogram(selected) if task.is_mcq else None},
         "batch_size": spec.batch_size,
         "counts": counts,
