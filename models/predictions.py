@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from evalkit.jsonio import jsonl_lines, loads_json
 from evalkit.models.base import AdapterConfig, Model
-from evalkit.tasks.loaders import jsonl_lines, loads_json
 from evalkit.types import Presentation, Request, Response
 
 RESPONSE_FIELDS = ("response", "output", "model_output", "answer_prediction", "model_prediction", "prediction")

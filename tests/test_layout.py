@@ -123,3 +123,11 @@ def test_no_task_imports_another_task():
     crossings = {m: sorted(t for t in targets if benchmark(t) not in (None, benchmark(m)))
                  for m, targets in graph.items() if benchmark(m)}
     assert {m: t for m, t in crossings.items() if t} == {}
+
+
+def test_adapters_import_no_task_module():
+    """Adapters see requests, never datasets: helpers both need (JSONL reading, audio I/O) live in the engine."""
+    graph = import_graph()
+    crossings = {m: sorted(t for t in targets if t.startswith("evalkit.tasks"))
+                 for m, targets in graph.items() if m.startswith("evalkit.models")}
+    assert {m: t for m, t in crossings.items() if t} == {}
