@@ -182,8 +182,9 @@ def run(
                                                       "prefix with the task name (mmau.data=PATH) when running several."),
     limit: int | None = typer.Option(None, help="Only the first N samples of each task."),
     shard: str | None = typer.Option(None, help="Run shard I/N (every N-th sample, from the I-th; 1-based)."),
-    choices: str = typer.Option("balanced", help="Choice order: balanced (gold spread evenly over positions), "
-                                                 "original (upstream order) or circular (every rotation)."),
+    choices: str | None = typer.Option(None, help="Choice order: balanced (gold spread evenly over positions; the "
+                                                  "default), original (upstream order) or circular (every rotation). "
+                                                  "Adapters that answer in a fixed order (predictions) default to it."),
     seed: int = typer.Option(0, help="Seed for choice shuffling and generation."),
     batch_size: int | None = typer.Option(None, help="Requests per adapter call (default: the adapter's)."),
     max_new_tokens: int = typer.Option(512, help="Generation length limit."),
@@ -219,6 +220,11 @@ def run(
     )
     from evalkit.types import GenerationConfig
 
+    if choices is None:
+        try:
+            choices = getattr(registry.get_model(model), "choice_order", None) or "balanced"
+        except Exception:
+            choices = "balanced"  # an unknown model is reported below, with the known names
     if choices not in ("balanced", "original", "circular"):
         fail(f"--choices {choices!r}: use balanced, original or circular")
     if limit is not None and limit < 1:

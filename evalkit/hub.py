@@ -153,6 +153,8 @@ def audio_from_hub(value: Any, label: str | None = None, root: str | Path | None
 def _path_ref(path: str, label: str | None, root: str | Path | None) -> AudioRef:
     from evalkit.audio import resolve_under
 
+    if "\0" in path:
+        raise ValueError(f"audio path {path!r} contains a NUL byte")
     p = Path(path)
     if root is not None:
         return AudioRef(path=resolve_under(root, path), label=label)

@@ -585,6 +585,8 @@ def test_audio_from_hub_forms(tmp_path):
         audio_from_hub({"bytes": None, "path": "../a.wav"}, root=tmp_path / "sub")
     with pytest.raises(ValueError):
         audio_from_hub({"path": None, "bytes": None})
+    with pytest.raises(ValueError, match="NUL"):  # an absolute hub path without a root is checked too
+        audio_from_hub({"bytes": None, "path": "/data/a\0.wav"})
 
 
 def test_task_modules_import_light():

@@ -314,3 +314,19 @@ def test_leaderboard_prints_to_the_terminal_without_out(odd):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "toy-mcq" in r.stdout and "| task" in r.stdout and res.run_id in r.stdout
+
+
+@pytest.mark.slow
+def test_predictions_default_to_the_order_they_answered(odd):
+    """A file of correct upstream letters, run without --choices, scores 100 (27% under balanced before)."""
+    items = json.loads((odd / "toy.json").read_text())
+    preds = odd / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": it["id"], "response": "(" + "ABCDE"[it["choices"].index(it["answer"])] + ")"})
+                             + "\n" for it in items))
+    r = _cli(odd, "--model", "predictions", "-M", f"path={preds}")
+    assert r.returncode == 0, r.stderr
+    run_dir, = (odd / "runs").iterdir()
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["protocol"]["choices"] == "original" and run["metrics"]["accuracy"]["value"] == 100.0
+    refused = _cli(odd, "--model", "predictions", "-M", f"path={preds}", "--choices", "balanced")
+    assert refused.returncode == 2 and "--choices original" in refused.stderr
