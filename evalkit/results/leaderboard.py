@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.engine.provenance import stable_hash
+from evalkit.results.metrics import NO_INTERVAL, ci_bounds
 
 SPLIT_GROUPINGS = ("axis",)  # perception / reasoning, wherever a task defines it
 
@@ -46,7 +47,7 @@ def row(run: dict[str, Any]) -> dict[str, Any]:
         "task": run["task"]["name"],
         "metric": main,
         "value": metric.get("value"),
-        "ci": metric.get("ci", [None, None]),
+        "ci": list(ci_bounds(metric) or NO_INTERVAL),
         "n": metric.get("n", 0),
         "higher_is_better": metric.get("higher_is_better", True),
         "splits": splits,
@@ -77,12 +78,18 @@ def _fmt(v: Any) -> str:
     return "" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
 
+def _fmt_ci(ci: list | None) -> str:
+    """"[lo, hi]", or "" where the metric has no interval (too few samples or clusters)."""
+    bounds = ci_bounds({"ci": ci})
+    return "" if bounds is None else f"[{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
+
+
 def render(board: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(board, indent=1, ensure_ascii=False) + "\n"
     cols = ["task", "model", "metric", "value", "ci", "n", "official", "splits", "status", "run_id"]
     table = [[r["task"], r["model"] + (" (synthetic data)" if r["synthetic"] else ""), r["metric"],
-              _fmt(r["value"]), f"[{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}]", str(r["n"]), _fmt(r["official"]),
+              _fmt(r["value"]), _fmt_ci(r["ci"]), str(r["n"]), _fmt(r["official"]),
               " ".join(f"{k}={_fmt(v)}" for k, v in r["splits"].items()), r["status"] or "", r["run_id"]]
              for r in board["rows"]]
     if fmt == "csv":

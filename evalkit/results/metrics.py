@@ -3,7 +3,13 @@
 Per-sample scores are floats; None means "not counted for this metric" (e.g.
 MMSU's official scorer leaves "wrong format" responses out of the denominator).
 Bootstrap CIs resample clusters (questions sharing one audio clip together), so
-the interval is honest about correlated questions.
+the interval is honest about correlated questions. The interval is the 95%
+percentile bootstrap (the `method="percentile"` of `scipy.stats.bootstrap`).
+
+No interval: a cell with fewer than two samples, or whose samples all lie in
+one cluster, has nothing to resample, so its `ci` is `[None, None]` (the same
+shape as an empty cell's; run.schema.json requires two items). A degenerate
+`[v, v]` would read as certainty. `ci_bounds()` is how consumers read a `ci`.
 """
 from __future__ import annotations
 
@@ -20,6 +26,18 @@ class MetricSpec:
     name: str
     higher_is_better: bool = True
     scale: float = 100.0  # per-sample scores are in [0, 1]; reported in percent
+
+
+NO_INTERVAL: list[None] = [None, None]
+
+
+def ci_bounds(stat: dict[str, Any] | None) -> tuple[float, float] | None:
+    """(low, high) of a metric's interval, or None where it has none (missing,
+    null, [None, None]: too few samples or clusters to resample)."""
+    ci = (stat or {}).get("ci")
+    if not ci or ci[0] is None or ci[1] is None:
+        return None
+    return float(ci[0]), float(ci[1])
 
 
 class Bootstrap:
@@ -56,15 +74,18 @@ class Bootstrap:
         sums, counts, where = [], [], []
         for j, (values, mask) in enumerate(columns):
             v = np.asarray(values, dtype=np.float64)
+            if v.shape != self.cid.shape:
+                raise ValueError(f"column {j}: {v.shape[0] if v.ndim else 'a scalar'} scores for "
+                                 f"{self.cid.shape[0]} cluster labels; pass one score per sample")
             keep = ~np.isnan(v) if mask is None else (mask & ~np.isnan(v))
             n = int(keep.sum())
             if n == 0:
-                out[j] = {"value": None, "ci": [None, None], "n": 0}
+                out[j] = {"value": None, "ci": list(NO_INTERVAL), "n": 0}
                 continue
             value = float(v[keep].mean())
-            out[j] = {"value": value, "ci": [value, value], "n": n}
+            out[j] = {"value": value, "ci": list(NO_INTERVAL), "n": n}
             c = np.bincount(self.cid[keep], minlength=self.m)
-            if self.weights is not None and np.count_nonzero(c) >= 2:
+            if self.weights is not None and np.count_nonzero(c) >= 2:  # n >= 2 follows
                 sums.append(np.bincount(self.cid[keep], weights=v[keep], minlength=self.m))
                 counts.append(c)
                 where.append(j)
@@ -75,10 +96,13 @@ class Bootstrap:
             alpha = (1 - CONFIDENCE) / 2
             q = np.nanquantile(boot.astype(np.float64), [alpha, 1 - alpha], axis=0)
             for col, j in enumerate(where):
-                out[j]["ci"] = [float(q[0, col]), float(q[1, col])]
+                if np.isfinite(q[:, col]).all():  # NaN only if no resample drew any of the cell's clusters
+                    out[j]["ci"] = [float(q[0, col]), float(q[1, col])]
         for o, s in zip(out, scales, strict=True):
             if o["n"]:
-                o["value"], o["ci"] = round(o["value"] * s, 4), [round(o["ci"][0] * s, 4), round(o["ci"][1] * s, 4)]
+                o["value"] = round(o["value"] * s, 4)
+            if o["ci"][0] is not None:
+                o["ci"] = [round(o["ci"][0] * s, 4), round(o["ci"][1] * s, 4)]
         return out
 
     def mean_ci(self, values, mask=None, scale: float = 100.0) -> dict[str, Any]:

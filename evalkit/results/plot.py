@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from evalkit.results.metrics import ci_bounds
+
 SNR_ORDER = ["+inf", "10", "5", "0", "-5", "-10", "-inf"]
 
 
@@ -28,8 +30,10 @@ def metric_by_group(runs: list[dict[str, Any]], metric: str, grouping: str, out:
         if not keys:
             raise ValueError(f"run {run['run_id']} has no values of {metric!r} by {grouping!r}")
         vals = [groups[k][metric]["value"] for k in keys]
-        lo = [v - groups[k][metric]["ci"][0] for k, v in zip(keys, vals)]
-        hi = [groups[k][metric]["ci"][1] - v for k, v in zip(keys, vals)]
+        # a group without an interval (too few samples or clusters) gets a point without error bars
+        bounds = [ci_bounds(groups[k][metric]) or (v, v) for k, v in zip(keys, vals)]
+        lo = [v - b[0] for v, b in zip(vals, bounds)]
+        hi = [b[1] - v for v, b in zip(vals, bounds)]
         synthetic = " (synthetic data)" if run["task"].get("source", {}).get("synthetic") else ""
         ax.errorbar(keys, vals, yerr=[lo, hi], marker="o", capsize=3,
                     label=f"{run['model']['name']} on {run['task']['name']}{synthetic}")

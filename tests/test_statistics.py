@@ -1,0 +1,234 @@
+"""evalkit's statistics against references it did not compute: scipy's bootstrap and
+permutation test, hand-derived bootstrap distributions, the binomial tail summed by
+hand, and a coverage simulation with a known true mean."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from evalkit.results.metrics import (
+    Bootstrap,
+    MetricSpec,
+    aggregate_scores,
+    ci_bounds,
+    mean_with_ci,
+    paired_drop_pvalue,
+)
+
+# ------------------------------------------------------------ bootstrap vs scipy
+
+
+def test_unclustered_bootstrap_matches_scipy_percentile():
+    """One sample per cluster is the classical bootstrap: the interval must match
+    scipy.stats.bootstrap(method="percentile") within Monte Carlo error."""
+    rng = np.random.default_rng(7)
+    x = rng.gamma(2.0, 1.0, size=150)  # skewed, so a symmetric (normal) interval would differ
+    ours = mean_with_ci(x, [f"c{i}" for i in range(len(x))], scale=1.0, seed=3, n_boot=40000)
+    ref = stats.bootstrap((x,), np.mean, confidence_level=0.95, n_resamples=40000, method="percentile",
+                          random_state=np.random.default_rng(11)).confidence_interval
+    se = x.std(ddof=0) / math.sqrt(len(x))  # sd of the bootstrap distribution of the mean
+    # Monte Carlo sd of a 2.5% quantile from 40k resamples: sqrt(.025*.975/40000)/phi(1.96)*se ~= 0.013 se
+    # for each side; 0.08 se is > 4 sd of the difference of two such estimates
+    assert ours["value"] == pytest.approx(x.mean(), abs=1e-4)
+    assert ours["ci"][0] == pytest.approx(ref.low, abs=0.08 * se)
+    assert ours["ci"][1] == pytest.approx(ref.high, abs=0.08 * se)
+    # and the 95% (not 90%) interval: scipy's 90% interval lies ~0.3 se inside
+    ref90 = stats.bootstrap((x,), np.mean, confidence_level=0.90, n_resamples=40000, method="percentile",
+                            random_state=np.random.default_rng(11)).confidence_interval
+    assert ours["ci"][0] < ref90.low - 0.2 * se and ours["ci"][1] > ref90.high + 0.2 * se
+
+
+# ------------------------------------------------------------ hand-derived clustered case
+
+
+def _binomial_clusters(m: int, size: int):
+    """m clusters of `size` identical scores, half all-1 and half all-0, interleaved in sample order."""
+    values, clusters = [], []
+    for c in range(m):
+        values += [float(c % 2)] * size
+        clusters += [f"clip{c}"] * size
+    order = np.random.default_rng(0).permutation(len(values))  # sample order must not matter
+    return [values[i] for i in order], [clusters[i] for i in order]
+
+
+def test_clustered_bootstrap_distribution_is_hand_derived():
+    """16 equal clusters of 3 identical scores, half 1 and half 0. A resample draws 16
+    clusters with replacement, each all-1 with probability 1/2, so the resampled mean is
+    exactly Binomial(16, 1/2) / 16. Its 2.5% quantile is 4 (P(X<=3) = 0.0106 < 0.025 <
+    P(X<=4) = 0.0384) and its 97.5% quantile 12: the 95% interval is [25, 75] percent.
+    (At 90% it would be [31.25, 68.75]; resampling the 48 samples singly would give about
+    [36, 64].)"""
+    cdf = lambda k: sum(math.comb(16, i) for i in range(k + 1)) / 2 ** 16  # noqa: E731
+    assert cdf(3) < 0.025 < cdf(4) < 0.05  # the hand derivation above (and 90% differs)
+    values, clusters = _binomial_clusters(16, 3)
+    out = mean_with_ci(values, clusters, seed=5, n_boot=20000)
+    assert out == {"value": 50.0, "ci": [25.0, 75.0], "n": 48}
+    singly = mean_with_ci(values, [f"s{i}" for i in range(48)], seed=5, n_boot=20000)
+    assert 33 < singly["ci"][0] < 40 and 60 < singly["ci"][1] < 67  # Binomial(48, 1/2)/48: [35.4, 64.6]
+
+
+def _ratio_quantile(levels, m_total: int, m_group: int):
+    """Exact quantiles of a group's resampled mean when the group holds m_group of m_total
+    equal clusters, half all-1 and half all-0: a resample draws N ~ Binomial(m_total,
+    m_group / m_total) of the group's clusters (N = 0 leaves the group out, so it is
+    conditioned away) and X ~ Binomial(N, 1/2) of them are all-1; the mean is X / N."""
+    q = m_group / m_total
+    atoms: dict[float, float] = {}
+    for n in range(1, m_total + 1):
+        pn = math.comb(m_total, n) * q ** n * (1 - q) ** (m_total - n)
+        for x in range(n + 1):
+            atoms[x / n] = atoms.get(x / n, 0.0) + pn * math.comb(n, x) / 2 ** n
+    points = sorted(atoms)
+    cdf = np.cumsum([atoms[v] for v in points]) / sum(atoms.values())
+    return [points[int(np.searchsorted(cdf, level))] for level in levels]
+
+
+def test_group_interval_resamples_the_whole_dataset_restricted_to_the_group():
+    """16 equal clusters of the group (half all-1, half all-0) beside 30 other clusters:
+    evalkit's group interval must lie where the hand-derived distribution puts the 2.5%
+    and 97.5% quantiles, within Monte Carlo error of the quantile level."""
+    values, clusters = _binomial_clusters(16, 3)
+    values += [1.0] * 30
+    clusters += [f"other{i}" for i in range(30)]
+    in_group = np.array([c.startswith("clip") for c in clusters])
+    n_boot = 20000
+    band = 4 * math.sqrt(0.025 * 0.975 / n_boot)  # 4 sd of an empirical 2.5% level
+    lo_min, lo_max, hi_min, hi_max = _ratio_quantile(
+        [0.025 - band, 0.025 + band, 0.975 - band, 0.975 + band], 46, 16)
+    assert (lo_min, hi_max) != (0.25, 0.75)  # not the Binomial(16)/16 of the group alone
+    out = Bootstrap(clusters, seed=1, n_boot=n_boot).mean_ci(values, in_group)
+    assert out["value"] == 50.0 and out["n"] == 48
+    assert 100 * lo_min <= out["ci"][0] <= 100 * lo_max and 100 * hi_min <= out["ci"][1] <= 100 * hi_max
+
+    records = [{"scores": {"acc": v}, "cluster": c, "metadata": {"part": "a" if g else "b"}}
+               for v, c, g in zip(values, clusters, in_group)]
+    _, groups = aggregate_scores(records, [MetricSpec("acc")], ["part"])
+    a = groups["part"]["a"]["acc"]
+    band = 4 * math.sqrt(0.025 * 0.975 / 1000)  # aggregate_scores draws the default 1000 resamples
+    lo_min, lo_max, hi_min, hi_max = _ratio_quantile(
+        [0.025 - band, 0.025 + band, 0.975 - band, 0.975 + band], 46, 16)
+    assert 100 * lo_min <= a["ci"][0] <= 100 * lo_max and 100 * hi_min <= a["ci"][1] <= 100 * hi_max
+    assert groups["part"]["b"]["acc"]["ci"] == [100.0, 100.0]  # 30 clusters, all correct: a real interval
+
+
+# ------------------------------------------------------------ no interval where nothing can be resampled
+
+
+@pytest.mark.parametrize("values,clusters", [
+    ([1.0], ["c0"]),                       # n = 1
+    ([1.0, 0.0, 1.0, 1.0], ["c0"] * 4),    # one cluster
+])
+def test_no_interval_from_one_sample_or_one_cluster(values, clusters):
+    out = mean_with_ci(values, clusters)
+    assert out["value"] == pytest.approx(100 * np.mean(values)) and out["n"] == len(values)
+    assert out["ci"] == [None, None] and ci_bounds(out) is None
+
+
+def test_group_in_one_cluster_has_no_interval_but_overall_does():
+    records = [{"scores": {"acc": float(i % 2)}, "cluster": f"c{i}", "metadata": {"snr": "0"}} for i in range(10)]
+    records += [{"scores": {"acc": 1.0}, "cluster": "lonely", "metadata": {"snr": "5"}} for _ in range(3)]
+    records += [{"scores": {"acc": 1.0}, "cluster": "c0", "metadata": {"snr": "10"}}]
+    metrics, groups = aggregate_scores(records, [MetricSpec("acc")], ["snr"])
+    assert ci_bounds(metrics["acc"]) is not None
+    assert groups["snr"]["5"]["acc"] == {"value": 100.0, "ci": [None, None], "n": 3, "higher_is_better": True}
+    assert groups["snr"]["10"]["acc"]["ci"] == [None, None]  # n = 1
+    assert ci_bounds(groups["snr"]["0"]["acc"]) is not None
+
+
+def test_scores_and_clusters_of_different_length_are_refused():
+    with pytest.raises(ValueError, match="3 scores for 4 cluster labels"):
+        Bootstrap(["a", "b", "c", "d"]).mean_ci([1.0, 0.0, 1.0])
+
+
+def test_ci_bounds_reads_every_form_of_no_interval():
+    assert ci_bounds(None) is None and ci_bounds({}) is None and ci_bounds({"ci": None}) is None
+    assert ci_bounds({"ci": [None, None]}) is None and ci_bounds({"ci": [1, 2]}) == (1.0, 2.0)
+
+
+# ------------------------------------------------------------ coverage: clustering matters
+
+
+def simulate_coverage(n_sets: int, n_clusters: int, cluster_size: int, icc: float, n_boot: int,
+                      seed: int = 0) -> tuple[float, float]:
+    """Coverage of the true mean by evalkit's clustered and by the unclustered 95% interval.
+
+    Each dataset: per-cluster accuracy p_c ~ Beta(a, b) with mean 0.6 and intra-cluster
+    correlation icc = 1 / (a + b + 1); each question is Bernoulli(p_c). Shared with
+    bench/bench_coverage.py."""
+    mean = 0.6
+    total = 1.0 / icc - 1.0
+    a, b = mean * total, (1 - mean) * total
+    rng = np.random.default_rng(seed)
+    clusters = [f"clip{c}" for c in range(n_clusters) for _ in range(cluster_size)]
+    singles = [f"q{i}" for i in range(len(clusters))]
+    hit_clustered = hit_single = 0
+    for k in range(n_sets):
+        p = rng.beta(a, b, size=n_clusters)
+        y = (rng.random((n_clusters, cluster_size)) < p[:, None]).astype(float).ravel()
+        lo, hi = mean_with_ci(y, clusters, scale=1.0, seed=k, n_boot=n_boot)["ci"]
+        hit_clustered += lo <= mean <= hi
+        lo, hi = mean_with_ci(y, singles, scale=1.0, seed=k, n_boot=n_boot)["ci"]
+        hit_single += lo <= mean <= hi
+    return hit_clustered / n_sets, hit_single / n_sets
+
+
+def test_clustered_interval_covers_and_unclustered_does_not():
+    """400 datasets of 40 clips x 5 questions, ICC 0.3 (the full figure: bench/bench_coverage.py).
+    The sd of a coverage estimate from 400 sets is 1.1 points; the seeds are fixed."""
+    clustered, single = simulate_coverage(400, 40, 5, 0.3, n_boot=400)
+    assert 0.91 <= clustered <= 0.98, clustered
+    assert single < 0.85, single  # design effect 1 + 4 * 0.3 = 2.2: the naive interval is ~1.5x too narrow
+
+
+# ------------------------------------------------------------ paired tests
+
+
+def _binomial_upper_tail(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2), summed by hand."""
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_mcnemar_exact_on_random_binary_cases(case):
+    rng = np.random.default_rng(case)
+    n = int(rng.integers(5, 80))
+    base = (rng.random(n) < rng.uniform(0.3, 0.9)).astype(float)
+    flip = rng.random(n) < rng.uniform(0.05, 0.5)
+    new = np.where(flip, 1 - base, base)
+    higher_is_better = bool(case % 2)
+    worse = int(((new < base) if higher_is_better else (new > base)).sum())
+    discordant = int(flip.sum())
+    expected = 1.0 if discordant == 0 else _binomial_upper_tail(worse, discordant)
+    assert paired_drop_pvalue(new, base, higher_is_better) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_mcnemar_ignores_concordant_pairs():
+    """3 worse, 0 better among 3 discordant pairs: p = 1/8, however many pairs agree."""
+    for agree in (0, 10, 1000):
+        new = [0.0] * 3 + [1.0] * agree
+        base = [1.0] * 3 + [1.0] * agree
+        assert paired_drop_pvalue(new, base) == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_sign_flip_matches_scipy_exact_permutation(case):
+    """Non-binary scores: evalkit's Monte Carlo sign-flip p-value agrees with scipy's
+    exact paired permutation test (all 2^n sign flips) within Monte Carlo error."""
+    rng = np.random.default_rng(100 + case)
+    n = int(rng.integers(6, 13))
+    base = rng.uniform(0, 1, n)
+    new = np.clip(base + rng.normal(-0.08 * (case % 3), 0.15, n), 0, 1)
+    new[0] = 0.37  # certainly not 0/1 scores
+    higher_is_better = case % 4 != 3
+    ref = stats.permutation_test((new, base), lambda x, y, axis: np.mean(x - y, axis=axis),
+                                 permutation_type="samples", n_resamples=np.inf,
+                                 alternative="less" if higher_is_better else "greater").pvalue
+    ours = paired_drop_pvalue(new, base, higher_is_better, seed=case, n_perm=20000)
+    # Monte Carlo sd <= sqrt(.25 / 20000) = 0.0035; +1 correction adds 5e-5
+    assert ours == pytest.approx(ref, abs=0.015)
+
+
+def test_paired_test_without_differences_is_one():
+    assert paired_drop_pvalue([1.0, 0.0, 0.5], [1.0, 0.0, 0.5]) == 1.0
+    assert paired_drop_pvalue([], []) == 1.0
