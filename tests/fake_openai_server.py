@@ -156,6 +156,7 @@ class Received:
     status: int | None = None
     t_start: float = 0.0
     t_end: float | None = None
+    query: str = ""  # the request URL's query string (adapters may send ?api-version=...)
 
 
 class FakeOpenAIServer:
@@ -345,6 +346,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fake = self.fake
         rec = fake._begin(path, {k.lower(): v for k, v in self.headers.items()}, body)
+        rec.query = self.path.partition("?")[2]
         headers: dict[str, str] = {}
         try:
             fault = fake.faults(rec.index, body) if fake.faults else None

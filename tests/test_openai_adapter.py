@@ -13,12 +13,15 @@ import pytest
 pytest.importorskip("openai")
 
 from fake_openai_server import (  # noqa: E402
+    STRICT_CONTENT_ERROR,
     FakeOpenAIServer,
     Fault,
+    Raw,
     always,
     audio_parts,
     decode_input_audio,
     first_n,
+    text_of,
 )
 
 from evalkit.models.openai_compat import (  # noqa: E402
@@ -400,3 +403,222 @@ def test_registry_resolves():
     from evalkit import registry
 
     assert registry.get_model("openai") is OpenAICompatible
+
+
+# ---- content format (llama.cpp-style servers refuse list content in text-only chats) ---------------
+def test_strict_server_refuses_list_content_as_llama_cpp_does(make_adapter):
+    with FakeOpenAIServer(strict_content=True) as srv:
+        parts = make_adapter(srv, content_format="parts", max_retries=6)
+        (r,) = parts.generate([text_request()])
+        assert r.error.startswith("HTTP 500, the same reply 2 times in a row") and STRICT_CONTENT_ERROR in r.error
+        assert srv.count == 2  # not six retries per sample
+        srv.reset()
+        auto = make_adapter(srv)  # the default
+        out = auto.generate([text_request("t"), audio_request("a")])
+        assert [r.error for r in out] == [None, None]
+        bodies = {("audio" if audio_parts(b) else "text"): b for b in srv.bodies}
+        assert [m["content"] for m in bodies["text"]["messages"]] == ["Be brief.", "What is 2+2?"]
+        assert isinstance(bodies["audio"]["messages"][0]["content"], list)  # parts only with audio
+
+
+def test_content_format_string_and_parts(fake_server, make_adapter):
+    two_parts = Request("two", [{"role": "user", "content": [{"type": "text", "text": "line 1"},
+                                                              {"type": "text", "text": "line 2"}]}])
+    m = make_adapter(fake_server, content_format="string")
+    out = m.generate([two_parts, audio_request("a")])
+    assert out[0].error is None
+    assert "content_format=string cannot carry an audio part" in out[1].error
+    assert fake_server.count == 1 and fake_server.bodies[0]["messages"][0]["content"] == "line 1\nline 2"
+    fake_server.reset()
+    m = make_adapter(fake_server, content_format="parts")
+    m.generate([text_request()])
+    assert [m["content"] for m in fake_server.bodies[0]["messages"]] == [
+        [{"type": "text", "text": "Be brief."}], [{"type": "text", "text": "What is 2+2?"}]]
+    with pytest.raises(Exception, match="content_format"):
+        OpenAIConfig(model="m", content_format="list")
+
+
+# ---- replies of any shape -------------------------------------------------------------------
+def _reply(message=None, **choice):
+    return {"choices": [{"index": 0, "finish_reason": "stop", "message": message, **choice}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+SHAPES = [  # (reply the server sends, text expected, or None and a fragment of the error)
+    ("content list of parts", _reply({"role": "assistant", "content": [
+        {"type": "text", "text": "The answer "}, {"type": "audio", "audio": {}}, {"type": "text", "text": "is (B)."}]}),
+     "The answer is (B).", None),
+    ("content list of strings", _reply({"content": ["(", "A", ")"]}), "(A)", None),
+    ("content a text object", _reply({"content": {"type": "text", "text": "B"}}), "B", None),
+    ("message a string", _reply("A"), "A", None),
+    ("legacy text", {"choices": [{"text": "(C)", "finish_reason": "stop"}]}, "(C)", None),
+    ("content null", _reply({"role": "assistant", "content": None}), "", None),
+    ("content a number", _reply({"content": 3}), None, "message.content is a number (3), not text"),
+    ("content a boolean", _reply({"content": True}), None, "message.content is a boolean (true), not text"),
+    ("content an object without text", _reply({"content": {"answer": "B"}}), None,
+     'message.content is an object without text: {"answer": "B"}'),
+    ("content parts without text", _reply({"content": [{"type": "audio"}]}), None,
+     "message.content has no text part (parts: audio)"),
+    ("message a number", _reply(7), None, "choices[0].message is a number (7)"),
+    ("no choices", {"usage": {}}, None, "reply has no choices"),
+    ("empty choices with error", {"choices": [], "error": {"message": "model overloaded"}}, None,
+     "reply has no choices: model overloaded"),
+    ("choices an object", {"choices": {"0": {}}}, None, "reply has choices that are an object"),
+    ("choices[0] a string", {"choices": ["A"]}, None, "reply has choices[0] that is a string"),
+    ("body a list", [1, 2], None, "reply is a list, not a JSON object: [1, 2]"),
+    ("body a string", Raw(b'"A"'), None, 'reply is a string, not a JSON object: "A"'),
+    ("body html", Raw(b"<html>502 Bad Gateway</html>", content_type="text/html"), None,
+     "reply is a string, not a JSON object: \"<html>502 Bad Gateway</html>\""),
+    ("body not JSON", Raw(b"{not json"), None, "reply could not be read: JSONDecodeError"),
+    ("body not UTF-8", Raw(b'{"choices": "\xff\xfe"}'), None, "reply could not be read: UnicodeDecodeError"),
+    ("body empty", Raw(b""), None, "reply could not be read: JSONDecodeError"),
+]
+
+
+@pytest.mark.parametrize("reply,text,error", [s[1:] for s in SHAPES], ids=[s[0] for s in SHAPES])
+def test_replies_of_any_shape(make_adapter, reply, text, error):
+    with FakeOpenAIServer(reply=lambda body: reply) as srv:
+        m = make_adapter(srv, max_retries=3)
+        (r,) = m.generate([text_request()])
+        json.dumps(r.__dict__, allow_nan=False).encode("utf-8")  # the record can always be written
+        if error is None:
+            assert (r.text, r.error) == (text, None)
+        else:
+            assert r.text is None and error in r.error, r.error
+            assert srv.count == 1  # a malformed reply is not retried
+        assert "fatal" not in r.extra
+
+
+def test_non_finite_usage_is_dropped(make_adapter):
+    reply = _reply({"content": "A"}, )
+    reply["usage"] = {"prompt_tokens": 5, "completion_tokens": float("nan"), "total_tokens": float("inf"),
+                      "cost": -float("inf"), "flag": True, "details": {"x": 1}}
+    with FakeOpenAIServer(reply=lambda body: reply) as srv:
+        (r,) = make_adapter(srv).generate([text_request()])
+        assert b"NaN" in json.dumps(reply).encode()  # the server really sent the bare tokens
+        assert r.text == "A" and r.extra["usage"] == {"prompt_tokens": 5}
+        assert r.extra["usage_dropped"] == ["completion_tokens", "cost", "total_tokens"]
+        json.dumps(r.extra, allow_nan=False)
+
+
+def test_lone_surrogates_are_replaced_and_recorded(make_adapter):
+    # a lone high surrogate, a lone low one, and a valid pair (an emoji, which must survive)
+    body = b'{"choices": [{"message": {"content": "A\\ud800 B\\udfff \\ud83d\\ude00", "refusal": "\\udc00"}}]}'
+    with FakeOpenAIServer(reply=lambda b: Raw(body)) as srv:
+        (r,) = make_adapter(srv).generate([text_request()])
+        assert r.text == "A\ufffd B\ufffd \U0001F600" and r.extra["text_repaired"] == "surrogates"
+        assert r.extra["refusal"] == "\ufffd"
+        r.text.encode("utf-8")
+    with FakeOpenAIServer(reply=lambda b: "clean") as srv:
+        (r,) = make_adapter(srv).generate([text_request()])
+        assert "text_repaired" not in r.extra
+
+
+def test_lone_surrogate_in_an_error_body(make_adapter):
+    with FakeOpenAIServer(faults=always(400, message="bad \ud800 input")) as srv:
+        (r,) = make_adapter(srv).generate([text_request()])
+        assert r.error == "HTTP 400: bad \ufffd input"
+
+
+# ---- deterministic 4xx: not retried; those that fail every request are fatal for the run ----------
+@pytest.mark.parametrize("status,fatal", [(400, False), (401, True), (403, True), (404, True), (422, False)])
+def test_deterministic_4xx_not_retried(make_adapter, status, fatal):
+    with FakeOpenAIServer(faults=always(status, message="invalid api key" if fatal else "bad input")) as srv:
+        m = make_adapter(srv, max_retries=6)
+        (r,) = m.generate([text_request()])
+        assert srv.count == 1
+        assert r.error.startswith(f"HTTP {status}: ")
+        if fatal:
+            assert r.extra["fatal"] == f"HTTP {status} from {srv.url}: invalid api key"
+        else:
+            assert "fatal" not in r.extra
+
+
+@pytest.mark.parametrize("status", [408, 409, 429])
+def test_transient_4xx_retried(make_adapter, status):
+    with FakeOpenAIServer(faults=first_n(2, status, retry_after="0")) as srv:
+        (r,) = make_adapter(srv, max_retries=6).generate([text_request()])
+        assert r.error is None and srv.count == 3
+
+
+def test_unreachable_server_answers_the_rest_of_the_batch_at_once(make_adapter):
+    srv = FakeOpenAIServer().start()
+    m, url = make_adapter(srv, max_retries=2, concurrency=1), srv.url
+    srv.stop()
+    t0 = time.perf_counter()
+    out = m.generate([text_request(f"k{i}") for i in range(20)])
+    assert time.perf_counter() - t0 < 2
+    assert out[0].error.startswith("connection error after 2 retries")
+    assert all(r.extra["fatal"].startswith(f"cannot connect to {url}") for r in out)
+    assert [r.extra.get("not_sent", False) for r in out] == [False] + [True] * 19
+    assert out[1].error.startswith("not sent: cannot connect to")
+    with FakeOpenAIServer() as srv2:  # a later batch probes again (here: another server, same adapter)
+        m2 = make_adapter(srv2, concurrency=1)
+        assert all(r.error is None for r in m2.generate([text_request("a"), text_request("b")]))
+
+
+# ---- the total deadline ---------------------------------------------------------------------
+def test_trickling_body_is_cut_at_timeout_s(make_adapter):
+    body = json.dumps(_reply({"content": "A"})).encode()
+    with FakeOpenAIServer(reply=lambda b: Raw(body, byte_interval_s=0.25)) as srv:
+        m = make_adapter(srv, timeout_s=1.0, max_retries=6)  # the SDK's read timeout (per byte) never trips
+        t0 = time.perf_counter()
+        (r,) = m.generate([text_request()])
+        elapsed = time.perf_counter() - t0
+        assert 0.9 < elapsed < 2.0, elapsed
+        assert r.error.startswith("timeout: no complete reply within timeout_s=1 s")
+
+
+def test_trickling_attempt_is_cut_at_attempt_timeout_s_and_retried(make_adapter):
+    body = json.dumps(_reply({"content": "A"})).encode()
+    with FakeOpenAIServer(reply=lambda b: Raw(body, byte_interval_s=0.1)) as srv:
+        m = make_adapter(srv, attempt_timeout_s=0.4, timeout_s=10, max_retries=1)
+        t0 = time.perf_counter()
+        (r,) = m.generate([text_request()])
+        assert time.perf_counter() - t0 < 2.0
+        assert r.error.startswith("timeout after 1 retries: no complete reply within attempt_timeout_s=0.4 s")
+        assert srv.count == 2
+
+
+def test_base_url_query_is_sent_with_every_request(make_adapter, fake_server):
+    m = OpenAICompatible(OpenAIConfig(base_url=fake_server.url + "?api-version=2024-06-01", model="m"))
+    try:
+        (r,) = m.generate([text_request()])
+    finally:
+        m.close()
+    assert r.error is None and fake_server.received[0].path == "/v1/chat/completions"
+    assert fake_server.received[0].query == "api-version=2024-06-01"
+
+
+def test_deadline_covers_retries_and_backoff(make_adapter):
+    with FakeOpenAIServer(faults=always(503, retry_after="0.3")) as srv:
+        m = make_adapter(srv, timeout_s=1.0, max_retries=100, backoff_max_s=5)
+        t0 = time.perf_counter()
+        (r,) = m.generate([text_request()])
+        assert time.perf_counter() - t0 < 1.5
+        assert r.error.startswith("HTTP 503 after ") and "(the next retry would pass timeout_s)" in r.error
+        assert 2 <= srv.count <= 5
+
+
+# ---- streaming responses as they complete -------------------------------------------------------
+def test_generate_stream_yields_in_completion_order(make_adapter):
+    with FakeOpenAIServer(latency_s=lambda i, body: 0.6 if "slow" in text_of(body) else 0.0,
+                          reply=lambda body: text_of(body).split()[-1]) as srv:
+        m = make_adapter(srv, concurrency=4)
+        t0 = time.perf_counter()
+        stream = m.generate_stream([text_request("slow", "slow"), text_request("fast", "fast")])
+        first = next(stream)
+        assert first.key == "fast" and first.text == "fast" and time.perf_counter() - t0 < 0.5
+        rest = list(stream)
+        assert [r.key for r in rest] == ["slow"] and rest[0].text == "slow"
+
+
+def test_generate_stream_closed_early_cancels_the_rest(make_adapter):
+    with FakeOpenAIServer(latency_s=lambda i, body: 0.0 if "fast" in text_of(body) else 0.5) as srv:
+        m = make_adapter(srv, concurrency=1)
+        stream = m.generate_stream([text_request("fast", "fast")] + [text_request(f"s{i}") for i in range(6)])
+        assert next(stream).key == "fast"
+        stream.close()
+        time.sleep(0.8)
+        assert srv.count <= 3  # not all six slow requests were sent
+        assert m.generate([text_request("after")])[0].error is None  # the adapter is still usable
