@@ -265,3 +265,34 @@ def test_mmsu_upstream_letters_follow_the_padding(tmp_path):
     for prompt in ("default", "upstream"):
         with pytest.raises(TaskDataError, match=r"record 0 \(id 'p3'\).*fewer than two options"):
             MMSU.from_args({"data": str(f), "prompt": prompt}).load()
+
+
+def test_symlinks_cannot_lead_out_of_the_data_root(tmp_path):
+    from evalkit.audio import UnsafePathError, resolve_under
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "clips").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.wav").write_bytes(b"x")
+    (root / "clips" / "real.wav").write_bytes(b"x")
+    (root / "clips" / "to_outside.wav").symlink_to(outside / "secret.wav")  # a file symlink
+    (root / "linked_dir").symlink_to(outside)  # a folder symlink
+    (root / "alias.wav").symlink_to(root / "clips" / "real.wav")  # stays inside: fine
+    assert resolve_under(root, "clips/real.wav") == (root / "clips" / "real.wav").resolve()
+    assert resolve_under(root, "alias.wav") == (root / "clips" / "real.wav").resolve()
+    for bad in ("clips/to_outside.wav", "linked_dir/secret.wav", "../outside/secret.wav", "clips/../../outside/secret.wav"):
+        with pytest.raises(UnsafePathError, match="escapes"):
+            resolve_under(root, bad)
+    # the folder cache does not make a second look at the same folder any less strict
+    with pytest.raises(UnsafePathError, match="escapes"):
+        resolve_under(root, "linked_dir/secret.wav")
+
+
+def test_a_relative_root_follows_the_working_directory(tmp_path, monkeypatch):
+    from evalkit.audio import resolve_under
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.wav").write_bytes(b"x")
+        monkeypatch.chdir(tmp_path / name)
+        assert resolve_under(".", "x.wav") == (tmp_path / name / "x.wav").resolve()
