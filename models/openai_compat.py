@@ -56,7 +56,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import Field
 
-from evalkit.engine.secrets import is_credential_name, mask_json, mask_text, register_secret
+from evalkit.engine.secrets import mask_json, mask_logs, mask_text, redact_args, register_secret
 from evalkit.models.base import AdapterConfig, Model
 from evalkit.types import Request, Response
 
@@ -349,9 +349,10 @@ class OpenAICompatible(Model):
                     f"{config.api_key_env} (or -M api_key_env=NAME for another variable)")
         else:
             register_secret(key)  # masked by value in every message, whatever the variable's name
-        for name, value in config.headers.items():
-            if is_credential_name(name):
-                register_secret(value)
+        # every credential in the settings (URL userinfo and query, headers, extra_body) becomes known by value,
+        # and the SDK's loggers (full URLs at INFO, request bodies at DEBUG) mask what they print
+        redact_args(config)
+        mask_logs("openai", "httpx", "httpx2", "httpcore", "httpcore2")
         self._api_key = key
         self._loop: _LoopThread | None = None
         self._client = None

@@ -16,6 +16,7 @@ One masking policy serves everyone (run.json, sample records, error messages, pr
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -105,7 +106,7 @@ _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=\-]{4,}")
 # "api-key: VALUE", "token=VALUE", '"authorization": "Bearer x"' in free text (server error bodies echo them)
 _NAMED_VALUE = re.compile(
     r"(?i)(?<![A-Za-z0-9_\-])((?:x-)?api[-_]?key|access[-_]?token|auth[-_]?token|authorization|api[-_]?token"
-    r"|client[-_]?secret|password|token|key|sig)(\"?\s*[:=]\s*\"?)(?!\*\*\*)([^\s\"'&,;}]+)")
+    r"|client[-_]?secret|password|token|key|sig)([\"']?\s*[:=]\s*[\"']?)(?!\*\*\*)([^\s\"'&,;}]+)")
 # well-known key formats, masked even when the value was never registered (a server echoing someone's key)
 _KEY_FORMATS = re.compile(r"\b(sk-(?:proj-|ant-)?|hf_|gh[pousr]_|xox[abpr]-|AIza)[A-Za-z0-9_\-]{16,}")
 
@@ -116,6 +117,9 @@ def _mask_query(query: str) -> str:
     pairs = parse_qsl(query, keep_blank_values=True)
     if not any(is_credential_name(k) for k, _ in pairs):
         return query
+    for k, v in pairs:
+        if is_credential_name(k):
+            register_secret(v)
     return urlencode([(k, MASK if is_credential_name(k) and v else v) for k, v in pairs], safe="*")
 
 
@@ -130,7 +134,10 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
         netloc = parts.netloc
         if "@" in netloc:
-            netloc = MASK + "@" + netloc.rsplit("@", 1)[1]
+            userinfo, host = netloc.rsplit("@", 1)
+            for part in userinfo.split(":", 1):
+                register_secret(part)
+            netloc = MASK + "@" + host
         query, fragment = _mask_query(parts.query), _mask_query(parts.fragment)
         if (netloc, query, fragment) == (parts.netloc, parts.query, parts.fragment):
             return url  # nothing to mask: byte for byte as given
@@ -165,6 +172,8 @@ def mask_json(obj: Any, name: str | None = None) -> Any:
     known secret values, URL credentials and well-known key formats masked inside every string; keys, numbers
     and structure unchanged."""
     if name is not None and is_credential_name(name) and not isinstance(obj, (dict, list)):
+        if isinstance(obj, str):
+            register_secret(obj)  # from now on masked by value wherever it appears (SDK debug logs, errors)
         return None if obj is None else MASK
     if isinstance(obj, dict):
         return {k: mask_json(v, str(k)) for k, v in obj.items()}
@@ -173,6 +182,34 @@ def mask_json(obj: Any, name: str | None = None) -> Any:
     if isinstance(obj, str):
         return MASK if obj == _PYDANTIC_SECRET else _mask_values_and_urls(obj)
     return obj
+
+
+class MaskingFilter(logging.Filter):
+    """A logging filter that passes every record through `mask_text` (the HTTP client logs full request
+    URLs at INFO, the SDK whole request bodies at DEBUG)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the logging module's to report
+            return True
+        masked = mask_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_FILTER = MaskingFilter()
+
+
+def mask_logs(*prefixes: str) -> None:
+    """Attach the masking filter to every logger existing now whose name is one of `prefixes` or below it
+    (a logger's filters see only its own records, so each one gets it). Call after importing the library."""
+    names = [n for n in list(logging.Logger.manager.loggerDict) if n.split(".", 1)[0] in prefixes]
+    for name in set(names) | set(prefixes):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
 
 
 def _register_secrets_of(config: BaseModel) -> None:
@@ -214,5 +251,5 @@ def redact_args(config: BaseModel) -> dict[str, Any]:
     return out
 
 
-__all__ = ["MASK", "is_credential_name", "mask_json", "mask_text", "mask_url", "redact_args", "register_secret",
+__all__ = ["MASK", "MaskingFilter", "is_credential_name", "mask_logs", "mask_json", "mask_text", "mask_url", "redact_args", "register_secret",
            "secret_values"]
