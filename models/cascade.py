@@ -19,6 +19,11 @@ Flow per request:
      independent of the run's generation settings, so captions are shared across runs;
   2. the LLM gets the original messages with each audio part replaced by the text part
      "Audio description: <caption>" ("Audio N description: ..." when a request has several).
+     An empty caption (Whisper on a clip without speech, a tagger with no label above its
+     threshold) is a valid caption, cached like any other: the LLM reads EMPTY_CAPTION_TEXT,
+     "Audio description: (no speech or sound events were detected)", rather than a bare
+     "Audio description: " that it could read as a truncated prompt; the record's
+     extra["caption"] is the captioner's own "" (the placeholder is the LLM's view only).
 Captions come from, in order: the precomputed file (`-M captions=FILE`), the persistent cache,
 then the captioner — one captioner call per distinct clip (by content hash) per batch, and the
 cache makes that one per clip ever: every question on the same clip, every task, every LLM and
@@ -27,8 +32,9 @@ every later run reuse it. The captioner is only loaded if some caption is missin
 Cache: sqlite at `-M cache_path=FILE`, else `$EVALKIT_CACHE_DIR/captions.sqlite`, else
 `~/.cache/evalkit/captions.sqlite`; keyed by (AudioRef.sha256() of the clip, sha256 of the
 captioner identity JSON = captioner name + args as logged (secrets masked, volatile settings
-such as concurrency left out) + caption prompt + caption_max_tokens). `-M cache=false` turns it
-off. Failed or empty captions are never cached.
+such as concurrency left out, plus the sha256 of every local file an argument names, so a new
+model file under an old path captions again) + caption prompt + caption_max_tokens).
+`-M cache=false` turns it off. Failed captions are never cached; empty ones are.
 
 Precomputed captions (`-M captions=FILE`): JSONL, one object per line with "caption" and one of
   "audio_sha256"  the clip's content hash (AudioRef.sha256(): sha256 of the file's bytes),
@@ -37,8 +43,8 @@ Precomputed captions (`-M captions=FILE`): JSONL, one object per line with "capt
 
 Logging: every Response carries extra["caption"] (a string; a list when a request has several
 clips) and extra["caption_source"] ("file" | "cache" | "captioner"), plus the LLM's own extra.
-A captioner error (or an empty caption) becomes that sample's error ("captioner: ..."); the LLM
-is not asked.
+A captioner error (or a response with no text at all, None) becomes that sample's error
+("captioner: ..."); the LLM is not asked.
 """
 from __future__ import annotations
 
@@ -60,6 +66,8 @@ CAPTION_PROMPT = ("Describe the audio in detail: the sound sources, acoustic pro
                   "any spoken content (transcribe it) and the speaking style.")
 CAPTION_TEMPLATE = "Audio description: {caption}"
 CAPTION_TEMPLATE_N = "Audio {n} description: {caption}"
+#: what the LLM reads in place of an empty caption
+EMPTY_CAPTION_TEXT = "(no speech or sound events were detected)"
 
 
 class CascadeError(ValueError):
@@ -187,7 +195,7 @@ class CaptionsFile:
         if ref in self.by["audio"]:
             return self.by["audio"][ref]
         name = Path(ref).name
-        if self.by["name"].get(name):
+        if self.by["name"].get(name) is not None:  # None: an ambiguous file name; "" is a valid caption
             return self.by["name"][name]
         if sample_id is not None and sample_id in self.by["id"]:
             return self.by["id"][sample_id]
@@ -219,7 +227,9 @@ class Cascade(Model):
             raise CascadeError(f"captioner {c.captioner['name']!r} does not take audio")
         if "text" not in self._llm.cls.capabilities:
             raise CascadeError(f"llm {c.llm['name']!r} does not take text-only requests")
-        ident = {**self._captioner.identity(), "prompt": c.caption_prompt, "max_new_tokens": c.caption_max_tokens}
+        from evalkit.engine.fingerprint import Fingerprints
+
+        ident = {**self._captioner.identity(Fingerprints()), "prompt": c.caption_prompt, "max_new_tokens": c.caption_max_tokens}
         self.captioner_identity = json.dumps(ident, sort_keys=True, ensure_ascii=False, default=str)
         self.captioner_id = hashlib.sha256(self.captioner_identity.encode()).hexdigest()
         self.cache = CaptionCache(c.cache_path) if c.cache else None
@@ -285,9 +295,9 @@ class Cascade(Model):
                         failed[sha] = "captioner returned no response"
                     elif resp.error is not None:
                         failed[sha] = resp.error
-                    elif not (resp.text or "").strip():
-                        failed[sha] = "captioner returned an empty caption"
-                    else:
+                    elif resp.text is None:
+                        failed[sha] = "captioner returned no text (None) and no error"
+                    else:  # "" is a valid caption: nothing was heard
                         new[sha] = resp.text.strip()
                         found[sha] = (new[sha], "captioner")
                 if new and self.cache is not None:
@@ -323,7 +333,7 @@ class Cascade(Model):
                 parts = []
                 for p in content:
                     if p["type"] == "audio":
-                        cap = caps[i][0]
+                        cap = caps[i][0] or EMPTY_CAPTION_TEXT
                         i += 1
                         text = (CAPTION_TEMPLATE.format(caption=cap) if n == 1
                                 else CAPTION_TEMPLATE_N.format(n=i, caption=cap))
@@ -373,4 +383,4 @@ class Cascade(Model):
             self.cache.close()
 
 
-__all__ = ["CAPTION_PROMPT", "CaptionCache", "CaptionsFile", "Cascade", "CascadeConfig", "parse_spec"]
+__all__ = ["CAPTION_PROMPT", "EMPTY_CAPTION_TEXT", "CaptionCache", "CaptionsFile", "Cascade", "CascadeConfig", "parse_spec"]

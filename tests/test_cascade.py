@@ -17,6 +17,7 @@ FAIL_ON = None  # tests set this to fail clips without changing the captioner's 
 class CaptConfig(AdapterConfig):
     calls_log: str | None = None
     fail_on: str | None = None  # clips whose path contains this get an error
+    empty_on: str | None = None  # clips whose path contains this get the empty caption (nothing heard)
 
 
 def fingerprint(x) -> str:
@@ -43,6 +44,9 @@ class Capt(Model):
             fail_on = self.config.fail_on or FAIL_ON
             if fail_on and fail_on in audio[0].describe():
                 out.append(Response(r.key, error="captioner exploded"))
+                continue
+            if self.config.empty_on and self.config.empty_on in audio[0].describe():
+                out.append(Response(r.key, text=""))
                 continue
             x, sr = audio[0].load(16000)
             out.append(Response(r.key, text=f"noise at {sr} Hz, fp {fingerprint(x)}"))
@@ -81,9 +85,10 @@ def env(toy, monkeypatch):
     registry._table.cache_clear()
 
 
-def cascade_spec(toy, log, llm=None, seed=0, **extra):
+def cascade_spec(toy, log, llm=None, seed=0, captioner=None, **extra):
     llm = llm or {"name": "scripted", "args": {"answers": str(toy / "key.json"), "require_audio": False}}
-    args = {"captioner": {"name": "test-capt", "args": {"calls_log": str(log)}}, "llm": llm, **extra}
+    captioner = captioner or {"name": "test-capt", "args": {"calls_log": str(log)}}
+    args = {"captioner": captioner, "llm": llm, **extra}
     return RunSpec(model="cascade", task="toy-mcq", model_args=args, task_args={"data": str(toy / "toy.json")},
                    seed=seed, output=toy / "runs")
 
@@ -158,6 +163,55 @@ def test_captioner_error_is_the_samples_error_and_not_cached(env, monkeypatch):
     res2 = run_task(spec)
     assert res2.run_id == res.run_id and res2.calls == 2 and res2.run["counts"]["errors"] == 0
     assert len(calls(log)) == n + 1  # only the failed clip is captioned again
+
+
+def test_empty_caption_is_valid_cached_and_shown_to_the_llm(env):
+    """Whisper on a background-only clip correctly says nothing: that is an answer, not an error."""
+    from evalkit.models.cascade import EMPTY_CAPTION_TEXT
+
+    toy, log = env, env / "calls.log"
+    capt = {"name": "test-capt", "args": {"calls_log": str(log), "empty_on": "a3.wav"}}
+    res = run_task(cascade_spec(toy, log, llm="test-echo", captioner=capt))
+    recs = {r["key"]: r for r in read_records(res.run_dir / "samples.jsonl")}
+    assert res.run["counts"]["errors"] == 0 and len(recs) == 24
+    for key in ("s6", "s7"):  # the two questions on a3.wav
+        assert recs[key]["error"] is None and recs[key]["output"] == "The answer is (A)."
+        assert recs[key]["extra"]["caption"] == "" and recs[key]["extra"]["caption_source"] == "captioner"
+        asked = next(r for r in Echo.seen if r.key == key)
+        assert asked.messages[0]["content"][0] == {"type": "text", "text": "Audio description: " + EMPTY_CAPTION_TEXT}
+    assert recs["s0"]["extra"]["caption"] == expected_caption(toy / "audio" / "a0.wav")
+    assert len(calls(log)) == 12
+    # the empty caption was cached like the others: another run captions nothing
+    again = run_task(cascade_spec(toy, log, llm="test-echo", captioner=capt, seed=1))
+    assert again.run_id != res.run_id and len(calls(log)) == 12
+    recs2 = {r["key"]: r for r in read_records(again.run_dir / "samples.jsonl")}
+    assert recs2["s6"]["extra"]["caption"] == "" and recs2["s6"]["extra"]["caption_source"] == "cache"
+    assert again.run["model"]["info"]["caption_sources"]["captioner"] == 0
+
+
+def test_captioner_without_text_is_an_error(env, monkeypatch):
+    """A response with neither text nor error is not silently read as "nothing heard"."""
+    import test_cascade
+
+    toy, log = env, env / "calls.log"
+
+    def no_text(self, requests):
+        return [Response(r.key) for r in requests]
+
+    monkeypatch.setattr(test_cascade.Capt, "generate", no_text)
+    res = run_task(cascade_spec(toy, log, llm="test-echo"))
+    recs = read_records(res.run_dir / "samples.jsonl")
+    assert len(recs) == 24 and all(r["error"] == "captioner: captioner returned no text (None) and no error"
+                                   for r in recs)
+
+
+def test_empty_caption_from_the_captions_file(env):
+    toy, log = env, env / "calls.log"
+    (toy / "caps.jsonl").write_text(json.dumps({"audio": "a0.wav", "caption": ""}) + "\n")
+    res = run_task(cascade_spec(toy, log, llm="test-echo", captions=str(toy / "caps.jsonl")))
+    recs = {r["key"]: r for r in read_records(res.run_dir / "samples.jsonl")}
+    assert recs["s0"]["extra"]["caption"] == "" and recs["s0"]["extra"]["caption_source"] == "file"
+    assert len(calls(log)) == 11
 
 
 def test_captioner_without_audio_fails(env):
