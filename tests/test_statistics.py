@@ -1,6 +1,7 @@
 """evalkit's statistics against references it did not compute: scipy's bootstrap and
 permutation test, hand-derived bootstrap distributions, the binomial tail summed by
 hand, and a coverage simulation with a known true mean."""
+import itertools
 import math
 
 import numpy as np
@@ -14,6 +15,7 @@ from evalkit.results.metrics import (
     ci_bounds,
     mean_with_ci,
     paired_drop_pvalue,
+    paired_ratio_drop_pvalue,
 )
 
 # ------------------------------------------------------------ bootstrap vs scipy
@@ -232,3 +234,36 @@ def test_sign_flip_matches_scipy_exact_permutation(case):
 def test_paired_test_without_differences_is_one():
     assert paired_drop_pvalue([1.0, 0.0, 0.5], [1.0, 0.0, 0.5]) == 1.0
     assert paired_drop_pvalue([], []) == 1.0
+
+
+def _exact_swap_pvalue(nn, nd, bn, bd, higher_is_better):
+    """P(resampled <= observed) over all 2^n ways of swapping (new, base) pairs, by enumeration."""
+    sign = 1 if higher_is_better else -1
+    stat = lambda n_num, n_den, b_num, b_den: sign * (sum(n_num) / sum(n_den) - sum(b_num) / sum(b_den))  # noqa: E731
+    observed = stat(nn, nd, bn, bd)
+    hits = 0
+    for swap in itertools.product((False, True), repeat=len(nn)):
+        pick = lambda x, y, swap=swap: [yi if s else xi for xi, yi, s in zip(x, y, swap)]  # noqa: E731
+        hits += stat(pick(nn, bn), pick(nd, bd), pick(bn, nn), pick(bd, nd)) <= observed + 1e-12
+    return hits / 2 ** len(nn)
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_ratio_paired_test_matches_exact_enumeration(case):
+    """Corpus WER (errors / words): the paired swap test against all 2^n swaps. Even cases
+    share each sample's word count between runs (one reference); odd ones do not."""
+    rng = np.random.default_rng(200 + case)
+    n = 11
+    words = rng.integers(3, 15, n).astype(float)
+    base_err = rng.binomial(words.astype(int), 0.3).astype(float)
+    new_err = np.maximum(0, base_err + rng.integers(-2, 4 if case % 3 else 2, n))
+    new_words = words if case % 2 == 0 else words + rng.integers(0, 3, n)
+    ref = _exact_swap_pvalue(new_err, new_words, base_err, words, higher_is_better=False)
+    ours = paired_ratio_drop_pvalue(new_err, new_words, base_err, words, higher_is_better=False,
+                                    seed=case, n_perm=20000)
+    assert ours == pytest.approx(ref, abs=0.015)
+
+
+def test_ratio_paired_test_refuses_mismatched_lengths():
+    with pytest.raises(ValueError, match="one entry per shared sample"):
+        paired_ratio_drop_pvalue([1, 2], [3, 3], [1], [3])

@@ -151,24 +151,61 @@ def paired_drop_pvalue(new: Sequence[float], base: Sequence[float], higher_is_be
     """One-sided p-value that `new` is worse than `base` on the same samples.
 
     Binary scores: exact McNemar (binomial test on discordant pairs). Otherwise a
-    sign-flip permutation test on the paired differences.
+    sign-flip permutation test on the paired differences of the mean.
     """
     import numpy as np
 
     a = np.asarray(new, dtype=np.float64)
     b = np.asarray(base, dtype=np.float64)
-    d = (a - b) if higher_is_better else (b - a)  # negative = worse
-    if len(d) == 0 or not np.any(d):
+    if a.shape != b.shape:
+        raise ValueError(f"paired test: {a.shape[0]} new scores against {b.shape[0]} baseline scores")
+    if len(a) == 0 or not np.any(a != b):
         return 1.0
     binary = np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all()
     if binary:
         from scipy.stats import binomtest
 
+        d = (a - b) if higher_is_better else (b - a)  # negative = worse
         worse = int((d < 0).sum())
         better = int((d > 0).sum())
         return float(binomtest(worse, worse + better, 0.5, alternative="greater").pvalue)
+    ones = np.ones_like(a)
+    return paired_ratio_drop_pvalue(a, ones, b, ones, higher_is_better, seed, n_perm)
+
+
+def paired_ratio_drop_pvalue(new_num: Sequence[float], new_den: Sequence[float],
+                             base_num: Sequence[float], base_den: Sequence[float],
+                             higher_is_better: bool = True, seed: int = 0, n_perm: int = 10000) -> float:
+    """One-sided p-value that the ratio metric sum(num) / sum(den) (a corpus WER:
+    errors over reference words) is worse in `new` than in `base` on the same samples.
+
+    Paired permutation: under "no difference" each sample's (new, base) pair is
+    exchangeable, so each resample swaps every pair with probability 1/2 and recomputes
+    the difference of the two ratios. With every denominator 1 this is the sign-flip
+    test on the mean difference. p = (1 + #{resampled <= observed}) / (1 + n_perm).
+    """
+    import numpy as np
+
+    arrays = [np.asarray(x, dtype=np.float64) for x in (new_num, new_den, base_num, base_den)]
+    if len({x.shape for x in arrays}) != 1:
+        raise ValueError("paired test: numerators and denominators of both runs must have one entry per "
+                         f"shared sample (got {', '.join(str(x.shape[0]) for x in arrays)})")
+    nn, nd, bn, bd = arrays
+    if len(nn) == 0 or (np.array_equal(nn, bn) and np.array_equal(nd, bd)):
+        return 1.0
+    if nd.sum() <= 0 or bd.sum() <= 0:
+        raise ValueError("paired test: a ratio metric needs a positive total denominator in both runs")
+    sign = 1.0 if higher_is_better else -1.0  # oriented so that negative = worse
+    total_num, total_den = nn.sum() + bn.sum(), nd.sum() + bd.sum()
+    observed = sign * (nn.sum() / nd.sum() - bn.sum() / bd.sum())
     rng = np.random.default_rng(seed)
-    observed = d.mean()
-    signs = rng.choice((-1.0, 1.0), size=(n_perm, len(d)))
-    perm = (signs * np.abs(d)).mean(axis=1)
-    return float((np.sum(perm <= observed) + 1) / (n_perm + 1))
+    hits, chunk = 0, max(1, min(n_perm, 4_000_000 // len(nn)))  # bounded memory for large runs
+    for start in range(0, n_perm, chunk):
+        swap = rng.random((min(chunk, n_perm - start), len(nn))) < 0.5
+        num = nn.sum() + swap @ (bn - nn)  # the "new" side's sums after swapping pairs
+        den = nd.sum() + swap @ (bd - nd)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            stat = sign * (num / den - (total_num - num) / (total_den - den))
+        # a resample as extreme as the observed one counts, including float round-off ties
+        hits += int(np.sum(stat <= observed + 1e-12 * max(1.0, abs(observed))))
+    return float((hits + 1) / (n_perm + 1))
