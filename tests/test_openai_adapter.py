@@ -622,3 +622,26 @@ def test_generate_stream_closed_early_cancels_the_rest(make_adapter):
         time.sleep(0.8)
         assert srv.count <= 3  # not all six slow requests were sent
         assert m.generate([text_request("after")])[0].error is None  # the adapter is still usable
+
+
+# ---- with the runner: a run whose every request is refused stops, naming the cause ----------------
+@pytest.mark.parametrize("mode", ["401", "nothing listening"])
+def test_run_against_a_refusing_server_stops_with_the_cause(toy, tmp_path, mode):
+    from evalkit.engine.runner import RunSpec, run_task
+
+    srv = FakeOpenAIServer(faults=always(401, message="invalid api key")).start()
+    url = srv.url
+    if mode != "401":
+        srv.stop()
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(Exception, match="HTTP 401 from .*: invalid api key" if mode == "401"
+                           else "cannot connect to http://127.0.0.1"):
+            run_task(RunSpec(model="openai", task="toy-mcq", task_args={"data": str(toy / "toy.json")},
+                             model_args={"base_url": url, "model": "m", "backoff_base_s": 0.001, "max_retries": 2},
+                             output=tmp_path / "runs"))
+        assert time.perf_counter() - t0 < 10
+        if mode == "401":
+            assert srv.count <= 8  # the requests in flight at most (concurrency 8), each sent once
+    finally:
+        srv.stop()
