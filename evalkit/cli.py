@@ -523,6 +523,25 @@ def plot(
     out.print(f"wrote {path}")
 
 
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (or run.json files)."),
+    out_file: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
+    embed_audio: bool = typer.Option(False, "--embed-audio",
+                                     help="Put the clips' bytes in the page (large) instead of linking each "
+                                          "clip by its path relative to the report."),
+) -> None:
+    """One self-contained HTML report (no network): summary with CIs and diagnostics, figures, a sample
+    browser with filters and audio players, and a paired comparison of runs of the same task."""
+    from evalkit.results.report import write_report
+
+    try:
+        path = write_report(run_dirs, out_file, embed_audio=embed_audio)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
+        fail(str(e))
+    out.print(f"wrote {path}")
+
+
 def snr_table(run: dict[str, Any], metric: str) -> Table:
     from evalkit.results.plot import SNR_ORDER
 
