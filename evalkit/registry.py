@@ -43,6 +43,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "vllm": "evalkit.models.vllm_audio:VLLMAudio",
     "text": "evalkit.models.text_llm:TextLLM",
     "cascade": "evalkit.models.cascade:Cascade",
+    "tagger": "evalkit.models.tagger:Tagger",
     "eva": "evalkit.models.eva:EvA",
 }
 
