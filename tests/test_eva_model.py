@@ -575,3 +575,39 @@ def test_repetition_penalty_defaults_follow_the_release():
     with pytest.raises(Exception):
         EvA.from_args({"checkpoint": "x", "text_repetition_penalty": 0.5})  # < 1 is not a penalty
 
+
+
+def test_ced_mask_release_and_training_against_a_clip_run_alone():
+    """ced_mask=release: the aggregator attends over every CED frame of the clip (the release's inference
+    passes no ced_valid_lengths); training: masked at the valid length. Independent references: the
+    processor on the clip alone without any mask (release) and on the clip cut at its valid length
+    (training: with key padding masked, the valid steps cannot see the rest)."""
+    torch.manual_seed(0)
+    proc = tiny_processor().eval()
+    torch.nn.init.normal_(proc.audio_aggregator.gate[-1].weight)
+    T, valid, D = 6, 4, 32
+    feats = [torch.randn(1, 4 * T, D) for _ in range(3)]
+    cut = [x.view(1, 4, T, D)[:, :, :valid].reshape(1, 4 * valid, D) for x in feats]
+    n_time, valid_t = torch.tensor([T]), torch.tensor([valid])
+    with torch.no_grad():
+        proc.ced_mask = "release"
+        release = proc(*feats, valid_lengths=proc.mask_lengths(n_time, valid_t))
+        alone = proc(*feats)
+        proc.ced_mask = "training"
+        training = proc(*feats, valid_lengths=proc.mask_lengths(n_time, valid_t))
+        truncated = proc(*cut)
+    assert torch.allclose(release, alone, atol=1e-6)
+    assert torch.allclose(training[:, :valid], truncated, atol=1e-5)
+    assert not torch.allclose(release[:, :valid], training[:, :valid], atol=1e-4)  # the choice matters
+    proc.ced_mask = "neither"
+    with pytest.raises(ValueError, match="ced_mask"):
+        proc.mask_lengths(n_time, valid_t)
+
+
+def test_ced_mask_default_is_the_release_and_is_recorded():
+    eva = EvA.from_args({"checkpoint": "x"})
+    assert eva.config.ced_mask == "release"
+    eva.attach(tiny_kimi(), enc_text, lambda ids: "")
+    assert eva._model.ced_processor.ced_mask == "release"
+    trained = EvA.from_args({"checkpoint": "x", "ced_mask": "training"}).attach(tiny_kimi(), enc_text, lambda ids: "")
+    assert trained._model.ced_processor.ced_mask == "training" and trained.info()["ced_mask"] == "training"

@@ -70,6 +70,9 @@ class EvAConfig(AdapterConfig):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     device: str = "auto"
     ced: Literal["on", "off"] = "on"
+    #: release: the CED aggregator unmasked within each clip, as the release's inference runs it (its
+    #: published figures); training: masked at the clip's valid length, as its training model
+    ced_mask: Literal["release", "training"] = "release"
     bands: str | None = None
     gate: float | None = None
     # auto: flash_attention_2 when flash-attn is installed and the LLM runs in bf16/fp16 on CUDA, else sdpa
@@ -278,6 +281,7 @@ class EvA(Model):
         proc = model.ced_processor
         proc.enabled = self.config.ced == "on"
         proc.gate_override = self.config.gate
+        proc.ced_mask = self.config.ced_mask
         proc.audio_aggregator.zero_bands = parse_bands(self.config.bands, proc.audio_aggregator.F)
         return self
 
@@ -503,7 +507,7 @@ class EvA(Model):
         c = self.config
         d: dict[str, Any] = {"backbone": c.backbone, "engine": c.engine, "checkpoint": c.checkpoint, "kimi_path": self.kimi_path,
                              "omni_path": c.omni_path, "adapter_path": c.adapter_path, "ced_path": self.ced_path,
-                             "ced": c.ced, "bands": c.bands, "gate": c.gate,
+                             "ced": c.ced, "ced_mask": c.ced_mask, "bands": c.bands, "gate": c.gate,
                              "text_repetition_penalty": self.repetition_penalty(),
                              "text_repetition_window": c.text_repetition_window,
                              "semantic": ("codes file" if c.semantic_codes else "tokenizer" if c.semantic_path else None)}

@@ -33,6 +33,11 @@ class CEDProcessor(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(0.1, dtype=torch.float32))
         self.enabled = True
         self.gate_override: float | None = None
+        #: "release": as the release's inference (kimia.py calls the model without ced_valid_lengths, so the
+        #: aggregator attends over every CED frame of the clip; only batch padding is masked here, so a clip
+        #: scores as it would alone); "training": masked at the valid length (waveform length // 2560), as
+        #: the release's training model does. `-M ced_mask=`.
+        self.ced_mask: str = "release"
 
     def keep_alpha_fp32(self) -> CEDProcessor:
         self.alpha.data = self.alpha.data.float()
@@ -47,6 +52,13 @@ class CEDProcessor(nn.Module):
     @property
     def active(self) -> bool:
         return self.enabled and float(self.effective_alpha.detach()) != 0.0
+
+    def mask_lengths(self, n_time: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The key-padding lengths the aggregator gets: each clip's CED frame count (release) or its valid
+        length (training)."""
+        if self.ced_mask not in ("release", "training"):
+            raise ValueError(f"ced_mask={self.ced_mask!r}: use release or training")
+        return n_time if self.ced_mask == "release" else valid
 
     def forward(self, feat_4, feat_8, feat_last, valid_lengths=None) -> torch.Tensor:
         dt = self.aggregator_proj_norm.weight.dtype

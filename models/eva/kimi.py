@@ -277,7 +277,7 @@ class KimiEvA(nn.Module):
                 buf[i, :, : c.ced[k].shape[1]] = c.ced[k].to(self.device)
             hidden.append(buf.view(len(clips), Fq * T, D))
         n_time = torch.tensor([c.ced[0].shape[1] for c in clips])
-        valid = torch.tensor([c.ced_valid for c in clips])
+        valid = self.ced_processor.mask_lengths(n_time, torch.tensor([c.ced_valid for c in clips]))
         return ced_to_tokens(self.ced_processor, hidden, n_time, valid, n_audio)
 
     @torch.no_grad()

@@ -137,7 +137,8 @@ class OmniEvA(nn.Module):
             for i, c in enumerate(clips):
                 buf[i, :, : c.ced[k].shape[1]] = c.ced[k].to(pdev, torch.float32)
             hidden.append(buf.view(len(clips), Fq * T, D))
-        valid = torch.tensor([c.ced_valid for c in clips], device=pdev)
+        valid = self.ced_processor.mask_lengths(torch.tensor([c.ced[0].shape[1] for c in clips], device=pdev),
+                                                torch.tensor([c.ced_valid for c in clips], device=pdev))
         with torch.autocast(device_type=pdev.type, enabled=False):
             proc = self.ced_processor(*hidden, valid_lengths=valid).float()  # (B, T, H)
         lens = [int(x) for x in feature_lens.tolist()]
