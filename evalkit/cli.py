@@ -595,6 +595,14 @@ def demo(
 
 
 def main() -> None:
+    import logging
+
+    from evalkit.engine.secrets import MaskingFilter
+
+    # every log line a library prints through the default or a configured handler is masked
+    for handler in [*logging.getLogger().handlers, logging.lastResort]:
+        if handler is not None:
+            handler.addFilter(MaskingFilter())
     app()
 
 

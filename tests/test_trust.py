@@ -330,3 +330,18 @@ def test_predictions_default_to_the_order_they_answered(odd):
     assert run["protocol"]["choices"] == "original" and run["metrics"]["accuracy"]["value"] == 100.0
     refused = _cli(odd, "--model", "predictions", "-M", f"path={preds}", "--choices", "balanced")
     assert refused.returncode == 2 and "--choices original" in refused.stderr
+
+
+def test_error_messages_are_masked_before_they_are_written(odd, monkeypatch):
+    from evalkit.engine.secrets import register_secret
+
+    secret = "sk-planted-0123456789abcdef"
+    register_secret(secret)
+
+    def leaky(self, r):
+        return Response(r.key, error=f"HTTP 400: bad request for key {secret} at https://u:{secret}@host/v1")
+
+    monkeypatch.setattr(Odd, "_answer", leaky)
+    res = run_task(odd_spec(odd, "ok"))
+    text = (res.run_dir / "samples.jsonl").read_text() + (res.run_dir / "run.json").read_text()
+    assert secret not in text and "HTTP 400" in text

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from evalkit import __version__
 from evalkit.engine.fingerprint import Fingerprints, combined, local_paths
 from evalkit.engine.provenance import environment, git_commit, stable_hash
-from evalkit.engine.secrets import redact_args
+from evalkit.engine.secrets import mask_json, mask_text, redact_args
 from evalkit.engine.store import RunStore, unserializable_field
 from evalkit.protocol.choices import gold_histogram, present
 from evalkit.registry import get_model, get_task
@@ -324,7 +324,7 @@ def normalize_response(resp: Response) -> Response:
     if isinstance(resp.text, str) and _lone_surrogates(resp.text):
         text = resp.text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
         return Response(resp.key, text=text, error=resp.error, latency_s=resp.latency_s,
-                        extra={**(resp.extra or {}), "text_repaired": "lone surrogates replaced by U+FFFD"})
+                        extra={**(resp.extra or {}), "text_repaired": "surrogates"})
     return resp
 
 
@@ -332,6 +332,8 @@ def _record(task, p: Presentation, req: Request | None, err: str | None, resp: R
             digests: dict[str, str] | None = None) -> dict[str, Any]:
     rec = base_record(p, req, digests)
     error = err if err is not None else resp.error
+    if isinstance(error, str):
+        error = mask_text(error)  # servers echo keys and URLs into error messages
     rec.update({"output": resp.text if resp else None,
                 "error": error,
                 "error_kind": None if error is None else (INPUT_ERROR if err is not None else MODEL_ERROR),
@@ -549,7 +551,7 @@ def build_run_record(spec: RunSpec, task, data, holder: ModelHolder, run_id: str
     model_info = {}
     if holder._model is not None:
         try:
-            model_info = holder.model.info()
+            model_info = mask_json(holder.model.info())
         except Exception as e:  # info is best effort; never lose a run over it
             model_info = {"error": str(e)}
     elif previous:
