@@ -35,7 +35,7 @@ class Hostile(Model):
         out = []
         for r in requests:
             i = int(r.key.lstrip("s"))
-            text = {0: XSS_SCRIPT, 1: XSS_IMG, 2: ""}.get(i % 6, "The answer is (A).")
+            text = {0: XSS_SCRIPT, 1: XSS_IMG + " The answer is (A).", 2: ""}.get(i % 6, "The answer is (A).")
             out.append(Response(r.key, error="boom <b>bold</b>") if i % 6 == 3 else Response(r.key, text=text))
         return out
 
@@ -94,7 +94,7 @@ def test_untrusted_outputs_are_escaped(runs):
     assert "<img src=x" not in text and "window.__xss" in text  # present, but only as escaped text
     assert "&lt;/script&gt;&lt;script&gt;window.__xss=1" in text  # an extraction example, HTML-escaped
     outputs = {s["k"]: s["o"] for s in blob_of(text)["samples"]}
-    assert outputs["s0"] == XSS_SCRIPT and outputs["s1"] == XSS_IMG  # the data survives intact
+    assert outputs["s0"] == XSS_SCRIPT and outputs["s1"] == XSS_IMG + " The answer is (A)."  # intact
     raw_blob = re.search(r"id='report-data'>(.*?)</script>", text, re.S).group(1)
     assert "\u2028" not in raw_blob and "<" not in raw_blob and "&" not in raw_blob
     assert safe_json({"o": "</script>&"}) == '{"o":"\\u003c/script\\u003e\\u0026"}'
@@ -121,7 +121,7 @@ def test_comparison_of_two_runs_with_the_paired_test(runs):
     assert (right_vs_wrong["a"], right_vs_wrong["b"]) == (0, 1) and len(right_vs_wrong["rows"]) == 24
     # 24 discordant pairs, all in A's favour: exact McNemar p(B worse) = 0.5**24
     assert binomtest(24, 24, 0.5, alternative="greater").pvalue == pytest.approx(0.5 ** 24)
-    assert f"{0.5 ** 24:.2e}" in text and "24 / 0" in text
+    assert f"<td>1.000 / {0.5 ** 24:.2e}</td>" in text and "<td>24 / 0</td>" in text  # p(A worse) / p(B worse)
     # right vs hostile: they disagree exactly where hostile is not right (by the records, independently)
     hostile = {r["sample_id"]: r for r in read_records(res["hostile"].run_dir / "samples.jsonl")}
     expected = sum(r["scores"]["accuracy"] != 1.0 or r["extracted"] != "A" for r in hostile.values())
@@ -208,7 +208,7 @@ def test_cli_report_and_bad_input(runs):
 # ---------------------------------------------------------------- the page in a real browser
 
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1000"]
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1400"]
 
 
 def chromium_driver(profile: Path):
@@ -250,7 +250,9 @@ def test_report_in_a_headless_browser(runs, tmp_path):
         Select(driver.find_element("id", "f-run")).select_by_index(3)  # "all", right, wrong, hostile
         assert count() == 24
         Select(driver.find_element("id", "f-extract")).select_by_value("failed")
-        assert count() == failed
+        assert count() == failed == 8
+        Select(driver.find_element("id", "f-extract")).select_by_value("ok")
+        assert count() == 24 - failed - errors
         Select(driver.find_element("id", "f-extract")).select_by_value("")
         Select(driver.find_element("id", "f-error")).select_by_value("yes")
         assert count() == errors
@@ -261,6 +263,7 @@ def test_report_in_a_headless_browser(runs, tmp_path):
         wrong_total = sum(r["scores"]["accuracy"] == 0.0 for d in res.values()
                           for r in read_records(d.run_dir / "samples.jsonl"))
         assert count() == wrong_total
+        Select(driver.find_element("id", "f-outcome")).select_by_value("")
         box = driver.find_element("id", "f-text")
         box.send_keys("window.__xss")
         hits = sum("window.__xss" in (r["output"] or "") for r in hostile)
@@ -270,7 +273,6 @@ def test_report_in_a_headless_browser(runs, tmp_path):
         assert count() == hits == 8  # the hostile run's outputs that hold the payloads
         assert driver.execute_script("return window.__xss === undefined")
         box.clear()
-        Select(driver.find_element("id", "f-outcome")).select_by_value("")
         # the audio element's source resolves to the clip file and the browser can read it
         audio = driver.find_element("css selector", "#list audio")
         card = driver.execute_script("return arguments[0].closest('.card').getAttribute('data-key')", audio)

@@ -97,8 +97,19 @@ def fmt_stat(stat: dict[str, Any] | None) -> str:
     return f"{fmt(stat['value'])}{ci} (n={stat.get('n', '?')})"
 
 
+def model_name(run: dict[str, Any]) -> str:
+    """The model's label; `render` sets `_report_model` (label and run id) where two runs of one task
+    would share one (the same adapter with other settings)."""
+    return run.get("_report_model") or model_label(run)
+
+
 def run_label(run: dict[str, Any]) -> str:
-    return f"{model_label(run)} · {run['task']['name']}"
+    return f"{model_name(run)} · {run['task']['name']}"
+
+
+def distinct_models(runs: list[dict[str, Any]]) -> list[str]:
+    plain = [(model_label(r), r["task"]["name"]) for r in runs]
+    return [f"{p[0]} ({r['run_id'][:8]})" if plain.count(p) > 1 else p[0] for p, r in zip(plain, runs)]
 
 
 # ---------------------------------------------------------------- figures (inline SVG)
@@ -115,6 +126,10 @@ def _nice_max(v: float) -> float:
     return 10 * mag
 
 
+def _title_width(title: str) -> int:
+    return int(len(title) * 6.8)
+
+
 def _y_axis(x0: float, y0: float, h: float, w: float, top: float, label: str) -> list[str]:
     out = [f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y0 - h}" class="ax"/>',
            f'<line x1="{x0}" y1="{y0}" x2="{x0 + w}" y2="{y0}" class="ax"/>']
@@ -122,7 +137,8 @@ def _y_axis(x0: float, y0: float, h: float, w: float, top: float, label: str) ->
         v = top * i / 4
         y = y0 - h * i / 4
         out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + w}" y2="{y:.1f}" class="grid"/>')
-        out.append(f'<text x="{x0 - 4}" y="{y + 4:.1f}" text-anchor="end">{esc(fmt(v, 0 if top >= 10 else 2))}</text>')
+        digits = 0 if top >= 10 or float(top / 4).is_integer() else 2
+        out.append(f'<text x="{x0 - 4}" y="{y + 4:.1f}" text-anchor="end">{esc(fmt(float(v), digits))}</text>')
     out.append(f'<text x="12" y="{y0 - h / 2:.1f}" transform="rotate(-90 12 {y0 - h / 2:.1f})" '
                f'text-anchor="middle">{esc(label)}</text>')
     return out
@@ -141,7 +157,7 @@ def bars_svg(title: str, items: list[tuple[str, float | None, tuple[float, float
     shown = [it for it in items if it[1] is not None]
     rotate = any(len(it[0]) > 6 for it in shown)
     bw = 34
-    w = max(260, len(shown) * (bw + 10) + 20)
+    w = max(260, len(shown) * (bw + 10) + 20, _title_width(title))
     h, x0, top_pad = 160, 56, 30
     bottom = 90 if rotate else 40
     top = _nice_max(max([it[2][1] if it[2] else it[1] for it in shown] + [1e-9]))
@@ -167,7 +183,7 @@ def bars_svg(title: str, items: list[tuple[str, float | None, tuple[float, float
 def lines_svg(title: str, x_labels: list[str], series: list[tuple[str, dict[str, Any]]], ylabel: str,
               xlabel: str) -> str:
     """One line per (name, {x label: metric cell}) with CI whiskers; x is categorical."""
-    w, h, x0, top_pad = max(320, 60 * len(x_labels)), 180, 56, 30
+    w, h, x0, top_pad = max(320, 60 * len(x_labels), _title_width(title)), 180, 56, 30
     vals = [ci_bounds(c)[1] if ci_bounds(c) else c["value"]
             for _, cells in series for c in cells.values() if c and c.get("value") is not None]
     top = _nice_max(max(vals + [1e-9]))
@@ -205,9 +221,9 @@ def lines_svg(title: str, x_labels: list[str], series: list[tuple[str, dict[str,
 def histogram_svg(title: str, letters: list[str], predicted: dict[str, int], gold: dict[str, int]) -> str:
     """Predicted vs gold counts per position, side by side."""
     bw, gap = 16, 14
-    w = max(200, len(letters) * (2 * bw + gap) + 20)
+    w = max(200, len(letters) * (2 * bw + gap) + 20, _title_width(title))
     h, x0, top_pad = 120, 44, 30
-    top = _nice_max(max([*predicted.values(), *gold.values(), 1]))
+    top = 4 * math.ceil(max([*predicted.values(), *gold.values(), 1]) / 4)  # whole counts on the 4 ticks
     y0 = top_pad + h
     parts = [f'<svg class="fig" role="img" width="{x0 + w + 10}" height="{y0 + 46}" '
              f'xmlns="http://www.w3.org/2000/svg"><title>{esc(title)}</title>',
@@ -413,7 +429,7 @@ def _summary_rows(loaded: list[tuple[dict, list]], diags: list[dict]) -> str:
         c = run.get("counts") or {}
         ext = diag.get("extraction") or {}
         synthetic = " (synthetic data)" if (run["task"].get("source") or {}).get("synthetic") else ""
-        cells = [esc(model_label(run)), esc(run["task"]["name"] + synthetic), esc(str(run.get("status"))),
+        cells = [esc(model_name(run)), esc(run["task"]["name"] + synthetic), esc(str(run.get("status"))),
                  f"<b>{esc(main)}</b> {esc(fmt_stat(run.get('metrics', {}).get(main)))}",
                  esc(fmt_stat((splits.get("perception") or {}).get(main))),
                  esc(fmt_stat((splits.get("reasoning") or {}).get(main))),
@@ -480,7 +496,7 @@ def _run_section(i: int, run: dict, records: list, diag: dict) -> str:
         snr = run["groups"]["snr"]
         keys = _order(list(snr))
         for metric in sorted({m for c in snr.values() for m in c}):
-            figs.append(lines_svg(f"{metric} vs SNR", keys, [(model_label(run), {k: snr[k].get(metric) for k in keys})],
+            figs.append(lines_svg(f"{metric} vs SNR", keys, [(model_name(run), {k: snr[k].get(metric) for k in keys})],
                                   f"{metric} (%)", "SNR (dB)"))
     pb = diag.get("position_bias")
     if pb:
@@ -564,6 +580,8 @@ def safe_json(obj: Any) -> str:
 
 def render(loaded: list[tuple[dict, list]], out_dir: Path, embed_audio: bool = False) -> str:
     """The report's HTML for (run.json, records) pairs; clip links are relative to `out_dir`."""
+    loaded = [({**run, "_report_model": name}, recs)
+              for (run, recs), name in zip(loaded, distinct_models([r for r, _ in loaded]))]
     diags = [diagnostics_of(run, recs) for run, recs in loaded]
     clips = _Clips(Path(out_dir).resolve(), embed_audio)
     samples: list[dict[str, Any]] = []
@@ -586,7 +604,7 @@ def render(loaded: list[tuple[dict, list]], out_dir: Path, embed_audio: bool = F
             cmp_blob.append({"a": idx[0], "b": j,
                              "rows": [[index.get((idx[0], s)), index.get((j, s))] for s in c["disagree"]]})
     blob = {"runs": runs_meta, "clips": clips.table, "samples": samples, "compare": cmp_blob, "page": PAGE_SIZE}
-    title = "evalkit report: " + ", ".join(sorted({run_label(r) for r, _ in loaded}))
+    title = "evalkit report: " + ", ".join(sorted({f"{model_label(r)} · {r['task']['name']}" for r, _ in loaded}))
     body = [f"<h1>{esc(title)}</h1>", "<section><h2>Summary</h2>", _summary_rows(loaded, diags), "</section>"]
     overview = _snr_overview(loaded)
     if overview:
