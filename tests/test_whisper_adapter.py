@@ -21,6 +21,7 @@ from evalkit.models.whisper_asr import (  # noqa: E402
     WhisperASR,
     WhisperModelError,
     prompt_tokens,
+    uses_timestamps,
     window_token_cap,
 )
 from evalkit.types import AudioRef, GenerationConfig, Request  # noqa: E402
@@ -160,9 +161,16 @@ def test_prompt_length_is_faster_whispers():
     assert fw.max_length == 448
     for multilingual, kw in ((False, {}), (True, {"task": "transcribe", "language": "en"})):
         tok = Tokenizer(fw.hf_tokenizer, multilingual, **kw)
-        got = fw.get_prompt(tok, [], without_timestamps=False, prefix=None, hotwords=None)
-        assert len(got) == prompt_tokens(multilingual), (multilingual, got)
-    assert not fw.model.is_multilingual and prompt_tokens(False) == 1
+        for timestamps in (False, True):
+            got = fw.get_prompt(tok, [], without_timestamps=not timestamps, prefix=None, hotwords=None)
+            assert len(got) == prompt_tokens(multilingual, timestamps), (multilingual, timestamps, got)
+    assert not fw.model.is_multilingual
+    assert (prompt_tokens(False, True), prompt_tokens(False, False), prompt_tokens(True, False)) == (1, 2, 4)
+
+
+def test_timestamps_only_past_one_window():
+    assert not uses_timestamps(3.2) and not uses_timestamps(30.0)
+    assert uses_timestamps(30.01) and uses_timestamps(600.0)
 
 
 def test_sixty_second_clip_transcribed_past_the_first_window(tmp_path):
