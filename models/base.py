@@ -30,6 +30,11 @@ class Model:
     #: rate the runner decodes audio to before `generate` (None: native rate)
     sample_rate: ClassVar[int | None] = 16000
     default_batch_size: ClassVar[int] = 8
+    #: how much of each clip the model hears, for the long-audio accounting (records carry
+    #: `extra.audio_seconds` and `extra.audio_seconds_fed`; run.json `long_audio` counts truncations):
+    #: "all" (every second is heard: windows, chunks, an API taking the file); "reported" (the adapter
+    #: measures it where audio is cut and puts `audio_seconds_fed` in each response's extra); None: unknown
+    audio_fed: ClassVar[str | None] = None
     #: for `evalkit list models`
     source: ClassVar[str] = ""
 

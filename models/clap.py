@@ -72,6 +72,7 @@ def parse_labels(text: str) -> tuple[list[str], list[str] | None]:
 
 class CLAP(Model):
     name = "clap"
+    audio_fed = "all"  # consecutive 10 s windows, embeddings averaged
     description = "CLAP zero-shot classifier/tagger (labels parsed from the prompt's option or bullet lines)"
     source = f"transformers ClapModel, {CLAP_MODEL}@{CLAP_REVISION[:10]}"
     capabilities = frozenset({"audio"})

@@ -123,6 +123,7 @@ def _wav_base64(x, sr: int) -> str:
 
 class HFAudioLM(Model):
     name = "hf"
+    audio_fed = "reported"  # measured on the processor's feature mask (Qwen2-Audio keeps the first 30 s)
     description = "audio LLMs through transformers (presets: " + ", ".join(PRESETS) + ")"
     source = "Hugging Face transformers"
     capabilities = frozenset({"audio", "text", "multi_audio"})
@@ -254,14 +255,39 @@ class HFAudioLM(Model):
         return move_inputs(inputs, self._device, self._dtype)
 
     # ------------------------------------------------------------------ generation
-    def _run(self, reqs: list[Request], prepared: list[tuple[list, list]]) -> list[str]:
+    def _fed_seconds(self, inputs: dict[str, Any], prepared: list[tuple[list, list]]) -> list[float | None]:
+        """Seconds of audio the model was given per request, measured on the processor's output (the
+        feature mask's kept frames x hop / rate): a Whisper-style extractor keeps the first 30 s of a clip
+        and drops the rest without a word (Qwen2-Audio). None when the processor reports no mask, or when
+        its rows are not one per clip (windowed encoders: AF3 splits a clip into 30 s rows and keeps all)."""
+        counts = [len(a) for _, a in prepared]
+        mask = next((inputs[k] for k in ("feature_attention_mask", "input_features_mask") if k in inputs), None)
+        fe = getattr(self._processor, "feature_extractor", None)
+        hop, rate = getattr(fe, "hop_length", None), getattr(fe, "sampling_rate", None)
+        if mask is None or not hop or not rate or int(mask.shape[0]) != sum(counts):
+            return [None] * len(prepared)
+        per_clip = (mask.sum(-1).float() * hop / rate).tolist()
+        out, i = [], 0
+        for n in counts:
+            out.append(round(sum(per_clip[i:i + n]), 3) if n else None)
+            i += n
+        return out
+
+    def _run(self, reqs: list[Request], prepared: list[tuple[list, list]]) -> list[tuple[str, float | None]]:
         model, proc = self._load()
         inputs = self._encode([c for c, _ in prepared], [a for _, a in prepared])
+        fed = self._fed_seconds(inputs, prepared)
         gen = reqs[0].generation
         extra = dict(self.preset.extra_generate_kwargs) if self.preset else {}
         texts, effective = generate_batch(model, proc.tokenizer, inputs, gen, extra_kwargs=extra)
         self._last_generation = effective
-        return texts
+        return list(zip(texts, fed))
+
+    @staticmethod
+    def _response(r: Request, answer: tuple[str, float | None], latency_s: float) -> Response:
+        text, fed = answer
+        return Response(key=r.key, text=text, latency_s=latency_s,
+                        extra={"audio_seconds_fed": fed} if fed is not None else {})
 
     def generate(self, requests: list[Request]) -> list[Response]:
         self._load()
@@ -281,10 +307,10 @@ class HFAudioLM(Model):
         for items in groups.values():
             t0 = time.perf_counter()
             try:
-                texts = self._run([r for r, _ in items], [pc for _, pc in items])
+                answers = self._run([r for r, _ in items], [pc for _, pc in items])
                 dt = (time.perf_counter() - t0) / len(items)
-                for (r, _), text in zip(items, texts):
-                    out[r.key] = Response(key=r.key, text=text, latency_s=dt)
+                for (r, _), answer in zip(items, answers):
+                    out[r.key] = self._response(r, answer, dt)
             except Exception as e:
                 if len(items) == 1:
                     r = items[0][0]
@@ -294,7 +320,8 @@ class HFAudioLM(Model):
                 for r, pc in items:  # find the one that breaks the batch; the others still answer
                     t1 = time.perf_counter()
                     try:
-                        out[r.key] = Response(key=r.key, text=self._run([r], [pc])[0], latency_s=time.perf_counter() - t1)
+                        answer = self._run([r], [pc])[0]
+                        out[r.key] = self._response(r, answer, time.perf_counter() - t1)
                     except Exception as e1:
                         out[r.key] = Response(key=r.key, error=f"{type(e1).__name__}: {e1}",
                                               latency_s=time.perf_counter() - t1)

@@ -313,6 +313,7 @@ class _Attempts:
 
 class OpenAICompatible(Model):
     name: ClassVar[str] = "openai"
+    audio_fed: ClassVar[str] = "all"  # the whole clip is sent; what the server does with it is its own
     description: ClassVar[str] = "any OpenAI-compatible chat-completions endpoint (audio as input_audio WAV)"
     source: ClassVar[str] = "https://platform.openai.com/docs/api-reference/chat"
     capabilities: ClassVar[frozenset[str]] = frozenset({"audio", "text", "multi_audio"})

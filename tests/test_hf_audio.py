@@ -359,3 +359,31 @@ def test_runner_end_to_end(toy, tiny_dir, monkeypatch):
     assert info["preset"] == "qwen2-audio" and info["generation"]["do_sample"] is False
     assert "device" not in res.run["model"]["args"]  # volatile: not part of the run id
     json.dumps(res.run)  # run.json stays serializable
+
+
+def test_long_clips_are_accounted_for(toy, tiny_dir, monkeypatch):
+    """A 40 s clip through Qwen2-Audio's own processor: it hears 30 s, and the record and run.json say so
+    (measured on the processor's feature mask, not declared)."""
+    import json
+
+    import soundfile as sf
+
+    from evalkit import registry
+    from evalkit.engine.runner import RunSpec, run_task
+    from evalkit.engine.store import read_records
+
+    items = json.loads((toy / "toy.json").read_text())[:2]
+    sf.write(toy / "audio" / "long.wav", clip(3, seconds=40.0), 16000)
+    items[0]["audio"] = "audio/long.wav"
+    (toy / "two.json").write_text(json.dumps(items))
+    monkeypatch.setenv("EVALKIT_MODELS", "scripted=plugins:Scripted,qwen2-audio=evalkit.models.hf_audio:Qwen2AudioHF")
+    registry._table.cache_clear()
+    res = run_task(RunSpec(model="qwen2-audio", task="toy-mcq", model_args={"path": str(tiny_dir)},
+                           task_args={"data": str(toy / "two.json")}, output=toy / "runs",
+                           generation=GenerationConfig(max_new_tokens=2)))
+    recs = {r["key"]: r for r in read_records(res.run_dir / "samples.jsonl")}
+    long, short = recs[items[0]["id"]]["extra"], recs[items[1]["id"]]["extra"]
+    assert long["audio_seconds"] == 40.0 and long["audio_seconds_fed"] == 30.0
+    assert short["audio_seconds"] == short["audio_seconds_fed"] == 0.1
+    assert res.run["long_audio"] == {"records": 2, "fed_known": 2, "truncated": 1, "longest_s": 40.0,
+                                     "most_fed_s": 30.0}

@@ -349,6 +349,35 @@ def _record(task, p: Presentation, req: Request | None, err: str | None, resp: R
     return rec
 
 
+def audio_seconds(req: Request, model) -> float | None:
+    """Seconds of audio a request carried (summed over its clips), from the arrays decoded for the model;
+    None for a request without audio or an adapter that decodes nothing itself."""
+    clips = req.audio()
+    if not clips:
+        return None
+    total = 0.0
+    for a in clips:
+        decoded = a._decoded.get(getattr(model, "sample_rate", None))
+        if decoded is None:
+            return None
+        x, sr = decoded
+        total += len(x) / sr
+    return round(total, 3)
+
+
+def long_audio_summary(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How much audio the model heard, over the records that say: truncated = fed < had."""
+    known = [(r["extra"].get("audio_seconds"), r["extra"].get("audio_seconds_fed")) for r in records
+             if isinstance(r.get("extra"), dict) and r["extra"].get("audio_seconds") is not None]
+    if not known:
+        return None
+    measured = [(a, f) for a, f in known if f is not None]
+    return {"records": len(known), "fed_known": len(measured),
+            "truncated": sum(f < a - 1e-3 for a, f in measured),
+            "longest_s": max(a for a, _ in known),
+            "most_fed_s": max((f for _, f in measured), default=None)}
+
+
 def reached_model(rec: dict[str, Any]) -> bool:
     return rec.get("error_kind") != INPUT_ERROR
 
@@ -387,6 +416,7 @@ def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store:
                     raise ModelFailure(f"the adapter answered a request it was not asked ({resp.key!r}) "
                                        "or answered one twice")
                 p, req = waiting.pop(resp.key)
+                heard = audio_seconds(req, model)  # before the decoded arrays are released
                 for a in req.audio():
                     a.release()
                 cause = (resp.extra or {}).get("fatal")
@@ -398,7 +428,13 @@ def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store:
                         break
                     continue
                 fatal_run.clear()
-                rec = _record(task, p, req, None, normalize_response(resp), digests)
+                resp = normalize_response(resp)
+                if heard is not None:
+                    fed = (resp.extra or {}).get("audio_seconds_fed")
+                    if fed is None and getattr(model, "audio_fed", None) == "all":
+                        fed = heard
+                    resp.extra = {**(resp.extra or {}), "audio_seconds": heard, "audio_seconds_fed": fed}
+                rec = _record(task, p, req, None, resp, digests)
                 store.append([rec])
                 progress.advance(1, rec["error"] is not None)
             model_s += time.perf_counter() - t0
@@ -586,6 +622,7 @@ def build_run_record(spec: RunSpec, task, data, holder: ModelHolder, run_id: str
         "metrics": agg["metrics"],
         "groups": agg["groups"],
         "extra": agg.get("extra", {}),
+        "long_audio": long_audio_summary(records),
     }
 
 
