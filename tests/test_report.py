@@ -3,6 +3,7 @@ and selenium are present, the page in a real headless browser."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -140,7 +141,8 @@ def _write_run(d: Path, run: dict, records: list[dict]) -> Path:
 def _asr_run(tmp_path: Path, name: str, wer: dict[str, float]) -> Path:
     cell = lambda v: {"value": v, "ci": [v - 1, v + 1], "n": 10, "higher_is_better": False}
     run = {"run_id": name, "status": "complete", "model": {"name": name, "args": {}},
-           "task": {"name": "sseu-asr", "main_metric": "wer", "source": {"synthetic": True}, "data_hash": "h"},
+           "task": {"name": "sseu-asr", "main_metric": "wer", "source": {"synthetic": True}, "data_hash": "h",
+                    "options": {"data": str(tmp_path / "data"), "audio_root": None}},
            "counts": {"errors": 0, "extraction_failures": 0, "records": 2},
            "metrics": {"wer": cell(sum(wer.values()) / len(wer))},
            "groups": {"snr": {k: {"wer": cell(v)} for k, v in wer.items()}},
@@ -149,13 +151,18 @@ def _asr_run(tmp_path: Path, name: str, wer: dict[str, float]) -> Path:
                                               "threshold": 0.9}}}
     recs = [{"key": f"u{i}", "sample_id": f"u{i}", "cluster": f"u{i}", "output": "hello", "error": None,
              "extracted": {"transcript": "hello"}, "extraction_stage": "text", "metadata": {"snr": "0"},
-             "scores": {"wer_errors": float(i), "wer_words": 2.0}, "audio": [{"ref": "hub:x.wav", "sha256": None}],
+             "scores": {"wer_errors": float(i), "wer_words": 2.0},
+             # SSEU labels its clips "<set name>/<path under the data folder>"; the second's bytes changed
+             "audio": [{"ref": f"myset/clips/{i}.wav", "sha256": hashlib.sha256(b"clip0").hexdigest()}],
              "extra": {"audio_seconds": 45.0 if i else 20.0, "audio_seconds_fed": 30.0 if i else 20.0}}
             for i in range(2)]
     return _write_run(tmp_path / name, run, recs)
 
 
 def test_asr_runs_wer_vs_snr_audio_reliance_and_long_audio(tmp_path):
+    (tmp_path / "data" / "clips").mkdir(parents=True)
+    (tmp_path / "data" / "clips" / "0.wav").write_bytes(b"clip0")
+    (tmp_path / "data" / "clips" / "1.wav").write_bytes(b"clip1, not the bytes the run heard")
     a = _asr_run(tmp_path, "whisper", {"+inf": 5.0, "10": 8.0, "0": 30.0})
     b = _asr_run(tmp_path, "other", {"+inf": 6.0, "10": 9.0, "0": 20.0})
     out = tmp_path / "r.html"
@@ -166,11 +173,12 @@ def test_asr_runs_wer_vs_snr_audio_reliance_and_long_audio(tmp_path):
     svg = svg[:svg.index("</svg>")]
     assert svg.count("<circle") == 6 and "whisper · sseu-asr: 30.00 [29.00, 31.00] (n=10)" in svg
     assert "IGNORES ITS AUDIO?" in text and "unchanged (silence): 95%" in text
-    assert "1 of 2 cut (longest 45.0 s, most fed 30.0 s)" in text
+    assert "1 of 2 cut (longest 45.0 s, most fed 30.0 s; 2 with audio)" in text
     assert "(synthetic data)" in text and "not multiple choice" in text
     data = blob_of(text)
     assert [s["ok"] for s in data["samples"][:2]] == [True, False]  # 0 word errors = exact transcript
-    assert data["clips"][0] == {"label": "hub:x.wav", "src": None}
+    assert data["clips"][0] == {"label": "myset/clips/0.wav", "src": "data/clips/0.wav"}  # relative to r.html
+    assert data["clips"][1] == {"label": "myset/clips/1.wav", "src": None}  # another file's bytes: no link
     # the paired test runs on word errors (lower is better): u1 has 1 more error in both runs: no discordance
     assert "wer_errors" in text
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from evalkit.engine.runner import long_audio_summary
 from evalkit.engine.store import latest_by_key, read_records
 from evalkit.protocol.circular import collapse_rotations
 from evalkit.protocol.extract import FAILURE_STAGES
@@ -263,19 +264,6 @@ def diagnostics_of(run: dict[str, Any], records: list[dict[str, Any]]) -> dict[s
     return diag
 
 
-def long_audio(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Records whose adapter reported the seconds it had (`extra.audio_seconds`) and fed
-    (`extra.audio_seconds_fed`): how many were cut, and by how much at most."""
-    had = [(r, (r.get("extra") or {}).get("audio_seconds"), (r.get("extra") or {}).get("audio_seconds_fed"))
-           for r in records]
-    known = [(r, a, f) for r, a, f in had if isinstance(a, (int, float)) and isinstance(f, (int, float))]
-    if not known:
-        return None
-    cut = [(r, a, f) for r, a, f in known if f < a - 1e-6]
-    return {"records": len(known), "truncated": len(cut), "longest_s": max(a for _, a, _ in known),
-            "most_fed_s": max(f for _, _, f in known)}
-
-
 def outcome(scores: dict[str, Any], score_key: tuple[str, bool] | None) -> bool | None:
     """Correct (True) / wrong (False) / neither (None) for the sample browser's filter: a 0/1
     per-sample main score (accuracy) as it is; an error count (`wer_errors`) is correct at 0
@@ -344,20 +332,64 @@ class _Clips:
             return path.resolve().as_uri()
         return quote(rel.replace(os.sep, "/"), safe="/")
 
-    def add(self, ref: Any) -> int:
+    def add(self, ref: Any, sha256: str | None, bases: list[Path]) -> int:
+        """The clip's entry: an absolute path that exists is linked as it is; a label relative to the
+        data (SSEU's "<set>/clips/x.flac", a manifest's relative path) is looked up under `bases`
+        (the task's audio_root and data folders), with and without its first segment, and linked
+        only when the file found has the sha256 the record holds, so a label never links to
+        another clip."""
         ref = str(ref)
         if ref not in self.index:
-            path = Path(ref)
             entry: dict[str, Any] = {"label": ref, "src": None}
-            if path.is_absolute() and path.is_file():
+            path = self.find(ref, sha256, bases)
+            if path is not None:
                 entry["src"] = self.src(path)
             self.index[ref] = len(self.table)
             self.table.append(entry)
         return self.index[ref]
 
+    @staticmethod
+    def find(ref: str, sha256: str | None, bases: list[Path]) -> Path | None:
+        path = Path(ref)
+        if path.is_absolute():
+            return path if path.is_file() else None
+        if not sha256 or ".." in path.parts:
+            return None
+        tails = [path] + ([Path(*path.parts[1:])] if len(path.parts) > 1 else [])
+        for base in bases:
+            for tail in tails:
+                candidate = base / tail
+                if candidate.is_file() and _sha256(candidate) == sha256:
+                    return candidate
+        return None
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def audio_bases(run: dict[str, Any]) -> list[Path]:
+    """Folders a relative audio label may be under: the task's audio_root, its data folder (a
+    file's folder) and that folder's parent."""
+    opts = (run.get("task") or {}).get("options") or {}
+    out: list[Path] = []
+    if opts.get("audio_root"):
+        out.append(Path(opts["audio_root"]))
+    if opts.get("data"):
+        d = Path(opts["data"])
+        d = d if d.is_dir() else d.parent
+        out += [d, d.parent]
+    return [b.resolve() for b in dict.fromkeys(out)]
+
 
 def _sample_row(ri: int, run: dict[str, Any], r: dict[str, Any], groupings: list[str], clips: _Clips,
-                score_key: tuple[str, bool] | None) -> dict[str, Any]:
+                score_key: tuple[str, bool] | None, bases: list[Path]) -> dict[str, Any]:
     scores = r.get("scores") or {}
     stage = r.get("extraction_stage")
     extracted = r.get("extracted")
@@ -375,7 +407,7 @@ def _sample_row(ri: int, run: dict[str, Any], r: dict[str, Any], groupings: list
         "sc": scores,
         "e": r.get("error"),
         "ek": r.get("error_kind"),
-        "a": [clips.add(a.get("ref")) for a in (r.get("audio") or [])],
+        "a": [clips.add(a.get("ref"), a.get("sha256"), bases) for a in (r.get("audio") or [])],
         "ok": ok,
         "xf": bool(stage in FAILURE_STAGES and r.get("error") is None),
         "sec": [extra.get("audio_seconds"), extra.get("audio_seconds_fed")]
@@ -461,9 +493,14 @@ def _summary_rows(loaded: list[tuple[dict, list]], diags: list[dict]) -> str:
                          f'p={esc(fmt_p(p))}</span>{warn}')
         else:
             cells.append('<span class="dim">not multiple choice</span>')
-        la = long_audio(records)
-        cells.append(esc(f"{la['truncated']} of {la['records']} cut (longest {la['longest_s']:.1f} s, "
-                         f"most fed {la['most_fed_s']:.1f} s)") if la else '<span class="dim">not reported</span>')
+        la = run.get("long_audio") or long_audio_summary(records)
+        if la:
+            fed = la.get("fed_known", la["records"])
+            most = "" if la.get("most_fed_s") is None else f", most fed {la['most_fed_s']:.1f} s"
+            cut = f"{la['truncated']} of {fed} cut" if fed else "fed seconds not reported"
+            cells.append(esc(f"{cut} (longest {la['longest_s']:.1f} s{most}; {la['records']} with audio)"))
+        else:
+            cells.append('<span class="dim">not reported</span>')
         rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
     return ("<table class='summary'><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head)
             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
@@ -591,7 +628,8 @@ def render(loaded: list[tuple[dict, list]], out_dir: Path, embed_audio: bool = F
         key = paired_score_name(run, records)
         runs_meta.append({"label": run_label(run), "task": run["task"]["name"], "groupings": groupings,
                           "outcome": key[0] if key else None})
-        samples += [_sample_row(ri, run, r, groupings, clips, key) for r in records]
+        bases = audio_bases(run)
+        samples += [_sample_row(ri, run, r, groupings, clips, key, bases) for r in records]
     index = {(s["r"], s["id"]): i for i, s in enumerate(samples) if "#rot" not in s["k"] or s["k"].endswith("#rot0")}
     comparisons, cmp_blob = [], []
     by_task: dict[str, list[int]] = {}
