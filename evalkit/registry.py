@@ -28,6 +28,9 @@ BUILTIN_TASKS: dict[str, str] = {
     "sseu-at": "evalkit.tasks.sseu:SSEUAT",
     "sseu-joint": "evalkit.tasks.sseu:SSEUJoint",
     "sseu-joint-cot": "evalkit.tasks.sseu:SSEUJointCoT",
+    "sakura": "evalkit.tasks.sakura:Sakura",
+    "mugen": "evalkit.tasks.mugen:Mugen",
+    "dynamic-superb": "evalkit.tasks.dynamic_superb:DynamicSuperb",
 }
 
 BUILTIN_MODELS: dict[str, str] = {

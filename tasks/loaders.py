@@ -92,3 +92,80 @@ def metadata_value(v: Any) -> Any:
     if isinstance(v, list) and len(v) == 1:
         return v[0]
     return v
+
+
+# ---------------------------------------------------------------- transcripts and ratio metrics
+
+def _english_normalizer():
+    try:
+        from whisper_normalizer.english import EnglishTextNormalizer
+    except ImportError:
+        raise ImportError("transcript scoring needs whisper-normalizer and jiwer: pip install 'evalkit[sseu]'") from None
+    return EnglishTextNormalizer()
+
+
+_NORMALIZERS: dict[str, Any] = {}
+
+
+def normalized_transcript(text: str | None) -> str:
+    """The Whisper English normalizer (the open_asr_leaderboard's), whitespace collapsed."""
+    if "en" not in _NORMALIZERS:
+        _NORMALIZERS["en"] = _english_normalizer()
+    return " ".join(_NORMALIZERS["en"](text or "").split())
+
+
+def transcript_error_parts(reference: str | None, hypothesis: str | None,
+                           unit: str = "word") -> tuple[int, int] | None:
+    """(edit errors, reference length) after normalization, in words (`unit="word"`, WER) or
+    characters (`unit="char"`, CER, spaces included as jiwer counts them); None when the
+    reference is empty. Corpus WER/CER = sum of errors / sum of lengths."""
+    if unit not in ("word", "char"):
+        raise ValueError(f"unit {unit!r}: use 'word' or 'char'")
+    ref = normalized_transcript(reference)
+    if not ref:
+        return None
+    hyp = normalized_transcript(hypothesis)
+    n_ref = len(ref.split()) if unit == "word" else len(ref)
+    if not hyp:
+        return n_ref, n_ref
+    try:
+        import jiwer
+    except ImportError:
+        raise ImportError("transcript scoring needs jiwer: pip install 'evalkit[sseu]'") from None
+    o = jiwer.process_words(ref, hyp) if unit == "word" else jiwer.process_characters(ref, hyp)
+    return int(o.substitutions + o.deletions + o.insertions), n_ref
+
+
+def ratio_with_ci(numerators, denominators, clusters, scale: float = 100.0, higher_is_better: bool = False,
+                  seed: int = 0) -> dict[str, Any]:
+    """sum(num) / sum(den) (a corpus WER) with the 95% percentile cluster-bootstrap CI, drawn from
+    the same resamples as every other evalkit metric (`Bootstrap`): each resample's ratio is the
+    weighted sums' ratio. No interval with fewer than two clusters (as `mean_with_ci`)."""
+    import numpy as np
+
+    from evalkit.results.metrics import CONFIDENCE, NO_INTERVAL, Bootstrap
+
+    num = np.asarray(numerators, dtype=np.float64)
+    den = np.asarray(denominators, dtype=np.float64)
+    if num.shape != den.shape or num.shape[0] != len(clusters):
+        raise ValueError(f"ratio_with_ci: {num.shape[0]} numerators, {den.shape[0]} denominators, "
+                         f"{len(clusters)} cluster labels; pass one of each per sample")
+    if num.size == 0 or den.sum() <= 0:
+        return {"value": None, "ci": list(NO_INTERVAL), "n": int(num.size), "higher_is_better": higher_is_better}
+    value = float(num.sum() / den.sum())
+    out = {"value": round(value * scale, 4), "ci": list(NO_INTERVAL), "n": int(num.size),
+           "higher_is_better": higher_is_better, "total_numerator": float(num.sum()),
+           "total_denominator": float(den.sum())}
+    boot = Bootstrap(clusters, seed)
+    if boot.weights is not None:
+        w = boot.weights.astype(np.float64)
+        num_c = np.bincount(boot.cid, weights=num, minlength=boot.m)
+        den_c = np.bincount(boot.cid, weights=den, minlength=boot.m)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratios = (w @ num_c) / (w @ den_c)
+        ratios = ratios[np.isfinite(ratios)]
+        if ratios.size:
+            a = (1 - CONFIDENCE) / 2
+            lo, hi = np.quantile(ratios, [a, 1 - a])
+            out["ci"] = [round(float(lo) * scale, 4), round(float(hi) * scale, 4)]
+    return out
