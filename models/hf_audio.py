@@ -102,6 +102,10 @@ class HFAudioConfig(HFLoadOptions):
     model_class: str | None = None  # override; default: the preset's, else config.architectures[0]
     audio_kwarg: str | None = None  # override of the processor's audio keyword (generic models)
     system_prompt: str | None = None
+    #: a clip longer than what the processor passes on (Qwen2-Audio's extractor keeps 30 s): "truncate"
+    #: answers from the part it keeps (recorded per sample as audio_seconds_fed); "refuse" makes that
+    #: sample an error naming the limit
+    long_audio: Literal["truncate", "refuse"] = "truncate"
 
     @model_validator(mode="after")
     def _check(self):
@@ -111,6 +115,10 @@ class HFAudioConfig(HFLoadOptions):
             raise ValueError("give -M preset=NAME, -M model=<hub id> or -M path=DIR "
                              f"(presets: {', '.join(sorted(PRESETS))})")
         return self
+
+
+class LongAudioRefused(ValueError):
+    """A clip longer than the processor passes on, with -M long_audio=refuse."""
 
 
 def _wav_base64(x, sr: int) -> str:
@@ -277,6 +285,14 @@ class HFAudioLM(Model):
         model, proc = self._load()
         inputs = self._encode([c for c, _ in prepared], [a for _, a in prepared])
         fed = self._fed_seconds(inputs, prepared)
+        if self.config.long_audio == "refuse":
+            sr = self.processor_sample_rate
+            for (_, audios), heard in zip(prepared, fed):
+                had = sum(len(a) for a in audios) / sr
+                if heard is not None and heard < had - 1e-3:
+                    # raised for the batch: generate() then answers each request alone, so only this one fails
+                    raise LongAudioRefused(f"{self.config.preset or self.hub_id} hears {heard:.1f} s of this "
+                                           f"{had:.1f} s audio (its processor's window); -M long_audio=refuse")
         gen = reqs[0].generation
         extra = dict(self.preset.extra_generate_kwargs) if self.preset else {}
         texts, effective = generate_batch(model, proc.tokenizer, inputs, gen, extra_kwargs=extra)
@@ -355,6 +371,13 @@ class HFAudioLM(Model):
             d["sampling_guard"] = "checkpoint samples by default; do_sample=False forced unless temperature > 0"
         if self._last_generation is not None:
             d["generation"] = self._last_generation
+        fe = getattr(self._processor, "feature_extractor", None)
+        window = getattr(fe, "chunk_length", None)
+        d["long_audio"] = {
+            "policy": ("truncate: audio past the processor's window is dropped (measured per sample: "
+                       "extra.audio_seconds_fed)" if c.long_audio == "truncate" else
+                       "refuse: a sample whose audio the processor would cut is an error naming the limit"),
+            "window_s": window, "notes": p.notes if p is not None else ""}
         return d
 
     def close(self) -> None:

@@ -77,11 +77,8 @@ PROBE = "AUDIO PROBE"
 #: (test function, case[, parameter]) -> (what is wrong, strict). Not strict where the symptom is
 #: itself random (a sampled transcript can repeat by chance).
 KNOWN_VIOLATIONS: dict[tuple[str, ...], tuple[str, bool]] = {
-    ("test_long_clip", "hf"): (
-        "models/hf_audio.py (qwen2-audio preset): the processor's WhisperFeatureExtractor truncates every clip to "
-        "its 30 s window (truncation=True, n_samples=480000), so the audio after 30 s never reaches the model, "
-        "and the adapter neither documents it (info()['long_audio']) nor refuses the clip with the limit", True),
-    # Fixed after this suite found them: whisper's unseedable sampling fallback (now greedy
+    # Fixed after this suite found them: hf (qwen2-audio) cutting clips at 30 s without a word (now
+    # measured per sample, documented in info()["long_audio"], -M long_audio=refuse), whisper's unseedable sampling fallback (now greedy
     # with a length cap), vllm raising for a lone rejected request, whisper/clap silently dropping a
     # second clip (now refused), vllm declaring multi_audio under a one-clip limit.
 }

@@ -387,3 +387,14 @@ def test_long_clips_are_accounted_for(toy, tiny_dir, monkeypatch):
     assert short["audio_seconds"] == short["audio_seconds_fed"] == 0.1
     assert res.run["long_audio"] == {"records": 2, "fed_known": 2, "truncated": 1, "longest_s": 40.0,
                                      "most_fed_s": 30.0}
+
+
+def test_long_audio_refuse_fails_only_the_long_clip(tiny_dir):
+    m = Qwen2AudioHF.from_args({"path": str(tiny_dir), "long_audio": "refuse"})
+    out = m.generate([request("long", "What is it?", clip(4, seconds=40.0), max_new_tokens=2),
+                      request("short", "What is it?", clip(5), max_new_tokens=2)])
+    assert "hears 30.0 s of this 40.0 s" in out[0].error and out[1].error is None
+    assert m.info()["long_audio"]["policy"].startswith("refuse") and m.info()["long_audio"]["window_s"] == 30
+    t = Qwen2AudioHF.from_args({"path": str(tiny_dir)})
+    t.generate([request("short", "What is it?", clip(5), max_new_tokens=2)])
+    assert t.info()["long_audio"]["policy"].startswith("truncate")
