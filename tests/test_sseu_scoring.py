@@ -398,3 +398,71 @@ def test_openai_embedder_against_a_local_server(tmp_path, monkeypatch):
         with pytest.raises(EmbedderError, match="openai:text-embedding-3-large.*bad input"):
             OpenAIEmbedder("text-embedding-3-large", cache=False).embed(["x"])
 
+
+
+# ------------------------------------------------------------------ abstention
+
+PREAMBLE = "The audio description for this recording is:"
+
+
+@pytest.mark.parametrize("text,scene", [
+    (PREAMBLE, ""), ("I cannot tell", ""), ("I can't tell what the scene is.", ""), ("Unknown.", ""), ("", ""),
+    ("Not sure.", ""), (None, ""),
+    ("home", "home"), ("The scene is: cafe restaurant", "cafe restaurant"), ("**Scene:** city center", "city center"),
+    (PREAMBLE + " a metro station.", "a metro station"), (PREAMBLE + "\n\nA busy cafe.", "A busy cafe"),
+    ("I cannot tell, maybe a park", "I cannot tell, maybe a park"),  # names a park: embedded whole
+])
+def test_scene_text_abstains_without_content(text, scene):
+    assert S.scene_text(text) == scene
+    assert S.has_content(scene) is (scene != "")
+
+
+def test_no_class_name_counts_as_filler():
+    """Every class name of the SSEU sets is content, so abstention never swallows a right answer."""
+    for name in SCENES + EVENTS + ["airport", "bus", "park", "public_square", "shopping_mall", "street_traffic",
+                                   "tram", "metro", "Speech"]:
+        assert S.has_content(S.humanize(name)) and S.scene_text(S.humanize(name)) == S.humanize(name)
+
+
+@pytest.mark.parametrize("text,expected", [
+    (PREAMBLE, []), ("I cannot tell", []), (PREAMBLE + " Dog, Dishes", ["Dog", "Dishes"]),
+    ("Events: I cannot tell", []), ("dog, I am not sure, cat", ["dog", "cat"]),
+    ("Speech (0.91, 0.0-2.9 s); Dog (0.42, 1.0-1.5 s)", ["Speech", "Dog"]),  # the tagger's caption format
+])
+def test_parse_event_list_abstains(text, expected):
+    assert S.parse_event_list(text) == expected
+
+
+def test_preamble_is_no_prediction_end_to_end(data_dir):
+    """The preamble that once earned most of a 25% mACC: with the real MiniLM it matched a class
+    (every text has a nearest class); now it predicts none and every scored clip is wrong."""
+    from evalkit.text_embedders import get_embedder
+
+    emb = get_embedder("minilm")
+    conf = S.scene_confidences([PREAMBLE, "I cannot tell", "home"], SCENES, emb)
+    assert not conf[0].any() and not conf[1].any() and SCENES[conf[2].argmax()] == "home"
+    # event strings handed over directly (an adapter's list) are screened too
+    ev = S.event_scores([["I cannot tell"], [PREAMBLE], ["Dog"]], EVENTS, emb)
+    assert not ev[0].any() and not ev[1].any() and EVENTS[ev[2].argmax()] == "Dog"
+    asc = SSEUASC.from_args({"data": str(data_dir)})
+    res = asc.aggregate(records_for(asc, asc.load(), lambda s: PREAMBLE))
+    assert res["metrics"]["macc"]["value"] == 0.0
+    assert res["extra"]["scene_predictions"] == {"(none)": res["metrics"]["macc"]["n"]}
+    # joint: the scene field is extracted first; "I cannot tell" there is no prediction either
+    joint = SSEUJoint.from_args({"data": str(data_dir)})
+    res = joint.aggregate(records_for(joint, joint.load(),
+                                      lambda s: f"Transcript: {s.target['transcript']}\nScene: I cannot tell\nEvents: none"))
+    assert res["metrics"]["macc"]["value"] == 0.0 and res["metrics"]["wer"]["value"] == 0.0
+    # AT: the preamble alone is no events (all-zero scores), so mAP is each class's prevalence, as sklearn
+    # gives for constant scores
+    at = SSEUAT.from_args({"data": str(data_dir)})
+    d = at.load()
+    recs = records_for(at, d, lambda s: PREAMBLE)
+    assert S.event_scores([r["extracted"]["events"] for r in recs], EVENTS, emb).sum() == 0.0
+    from sklearn.metrics import average_precision_score
+
+    scored = [s for s in d.samples if s.metadata["snr"] != "+inf"]
+    Y = np.array([[e in s.target["events"] for e in EVENTS] for s in scored], dtype=float)
+    keep = Y.sum(axis=0) > 0
+    expected = average_precision_score(Y[:, keep], np.zeros_like(Y[:, keep]), average="macro") * 100
+    assert at.aggregate(recs)["metrics"]["map"]["value"] == pytest.approx(expected, abs=1e-3)

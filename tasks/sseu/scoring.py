@@ -7,17 +7,30 @@ ASR
   words, in percent (not a mean of per-clip WERs). Clips whose normalized reference is
   empty are not scored: in particular SNR "-inf" (background only, no speech).
 
+Abstention (what "no prediction" is)
+  Before anything is embedded, the scene or event field is extracted from the text
+  (`scene_text`, `parse_event_list`): a lead-in that ends in a colon and names nothing
+  ("The audio description for this recording is:") is dropped, and so is the "Scene:"
+  label. A prediction that then names nothing, i.e. `has_content` is false because every
+  word left after removing refusal phrases (`_REFUSAL_RE`: "cannot", "not sure",
+  "unknown", ...) is a filler word (`_FILLER`: articles, copulas, pronouns, hedges and
+  words about the task itself: audio, recording, description, scene, events, ...), is no
+  prediction: it is never embedded, so it cannot match the nearest class. Examples:
+  "The audio description for this recording is:", "I cannot tell", "Unknown.", "" ->
+  no prediction; "I cannot tell, maybe a park" -> "park" is content, the text is embedded.
+
 ASC (free text -> class)
   The predicted scene text and every scene class name are embedded with a text
   embedder (evalkit.text_embedders); c_i = softmax_i(cos(pred, class_i)); the prediction is
-  argmax c. An empty prediction (nothing parsed) predicts no class and counts as wrong.
+  argmax c. No prediction (empty, or no content as above) predicts no class and counts as
+  wrong.
   mACC = mean over scene classes (those present in the references) of per-class accuracy
   (= balanced accuracy / macro recall), in percent.
 
 AT (free text -> class scores)
   The response is split into event strings (`parse_event_list`); F[m, n] =
-  sigmoid(cos(event_m, class_n)); p_n = max_m F[m, n]. A response with no events scores
-  0 for every class. mAP = macro average precision (sklearn) over the event classes
+  sigmoid(cos(event_m, class_n)); p_n = max_m F[m, n]. Event strings without content are
+  dropped; a response with no events left scores 0 for every class. mAP = macro average precision (sklearn) over the event classes
   that have at least one positive clip in the evaluated set (AP is undefined without
   positives), in percent.
 
@@ -85,6 +98,57 @@ def humanize(label: str) -> str:
     return " ".join(str(label).replace("_", " ").split()).lower()
 
 
+#: words that name no scene or event (see "Abstention" in the module docstring)
+_FILLER_WORDS = """
+a an the this that these those it its it's there here is are was were be been being am has have had do does
+of for in on at to from with by as into about and or but so than then if
+i i'm me my we our you your he she they them their
+audio sound sounds sounding recording recorded clip clips description describe described describes
+scene scenes acoustic environment setting location place event events tag tags label labels class classes
+category categories answer final output response result following below above given provided based
+detected detect present contains contain heard hear hearing listen listening noticeable audible identify
+identified determine determined tell say said know guess
+seems seem seemingly appears appear likely probably possibly maybe perhaps might may could would should
+will can like sure certain definitely clearly clear specific particular exactly any some kind sort type
+what which where who how why not no none nothing n na null unknown unclear unsure uncertain
+"""
+_FILLER = frozenset(_FILLER_WORDS.split())
+_REFUSAL_RE = re.compile(
+    r"\b(?:cannot|can't|can\s+not|unable\s+to|not\s+able\s+to|(?:not\s+)?possible\s+to|impossible\s+to|"
+    r"don't\s+know|do\s+not\s+know|not\s+sure|no\s+idea|hard\s+to|difficult\s+to|not\s+enough|"
+    r"insufficient|i'm\s+sorry|sorry|as\s+an\s+ai)\b", re.I)
+_LEAD_IN_RE = re.compile(r"^(?P<lead>[^:：]*)[:：]\s*(?P<rest>.*)$", re.S)
+
+
+def has_content(text: str | None) -> bool:
+    """Whether a scene/event prediction names anything: a word is left after dropping refusal phrases and
+    filler words (module docstring, "Abstention")."""
+    t = _REFUSAL_RE.sub(" ", str(text or "").lower().replace("’", "'"))
+    return any(w not in _FILLER for w in re.findall(r"[a-z0-9]+(?:'[a-z]+)?", t))
+
+
+def drop_lead_in(text: str) -> str:
+    """'The audio description for this recording is: a park' -> 'a park' (lead-ins naming nothing only)."""
+    t = text
+    while True:
+        m = _LEAD_IN_RE.match(t)
+        if not m or has_content(m.group("lead")):
+            return t.strip()
+        t = m.group("rest")
+
+
+def scene_text(text: str | None) -> str:
+    """The scene named in a prediction ("" when it names none): the first line with content once lead-ins
+    and a "Scene:" label are dropped; markdown emphasis and surrounding quotes/periods are removed."""
+    for line in str(text or "").splitlines():
+        line = re.sub(r"[*`#]+", " ", line)
+        line = drop_lead_in(line)
+        line = line.strip().strip("\"'“”‘’.").strip()
+        if has_content(line):
+            return " ".join(line.split())
+    return ""
+
+
 _NONE_WORDS = {"none", "no events", "no event", "nothing", "n/a", "na", "null", "no sound events",
                "no sound events detected", "no events detected", "no audible events", "silence", ""}
 
@@ -123,8 +187,8 @@ def parse_event_list(text: str | list | None) -> list[str]:
             items = re.split(r"[,;\n]+", t)
     out: list[str] = []
     for it in items:
-        c = _clean_item(it)
-        if c and c.lower() not in _NONE_WORDS and c.lower() not in out:
+        c = _clean_item(drop_lead_in(it))
+        if c and c.lower() not in _NONE_WORDS and has_content(c) and c.lower() not in out:
             out.append(c)
     return out
 
@@ -206,16 +270,18 @@ def _last_json_object(t: str) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- embedding scores
 
 def scene_confidences(predictions: Sequence[str], classes: Sequence[str], embedder):
-    """[N, C] softmax over classes of cos(pred, class). Rows of empty predictions are 0."""
+    """[N, C] softmax over classes of cos(scene_text(pred), class). Rows of predictions that name no scene
+    (empty, a preamble, a refusal: `scene_text` is "") are 0: no prediction, never the nearest class."""
     import numpy as np
 
     n, c = len(predictions), len(classes)
     out = np.zeros((n, c), dtype=np.float64)
-    idx = [i for i, p in enumerate(predictions) if p and p.strip()]
+    texts = [scene_text(p) for p in predictions]
+    idx = [i for i, t in enumerate(texts) if t]
     if not idx or not c:
         return out
     cls = embedder.embed([humanize(x) for x in classes])
-    pred = embedder.embed([humanize(predictions[i]) for i in idx])
+    pred = embedder.embed([humanize(texts[i]) for i in idx])
     cos = pred.astype(np.float64) @ cls.astype(np.float64).T
     e = np.exp(cos - cos.max(axis=1, keepdims=True))
     out[idx] = e / e.sum(axis=1, keepdims=True)
@@ -229,6 +295,7 @@ def event_scores(event_lists: Sequence[Sequence[str]], classes: Sequence[str], e
 
     n, k = len(event_lists), len(classes)
     out = np.zeros((n, k), dtype=np.float64)
+    event_lists = [[e for e in evs if has_content(e)] for evs in event_lists]  # "I cannot tell" is no event
     flat = [humanize(e) for evs in event_lists for e in evs]
     if not flat or not k:
         return out
