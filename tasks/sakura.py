@@ -34,10 +34,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from evalkit.protocol.choices import LETTERS
 from evalkit.results.metrics import Bootstrap, MetricSpec
-from evalkit.tasks.base import LoadedData, MCQTask, TaskDataError, TaskOptions, hash_files
+from evalkit.tasks.base import DEFAULT_MCQ_PROMPT, LoadedData, MCQTask, TaskDataError, TaskOptions, hash_files
 from evalkit.tasks.loaders import loads_json, local_audio
-from evalkit.types import Sample
+from evalkit.types import Presentation, Sample
 
 UPSTREAM = "github ckyang1124/SAKURA@a1fdb14 data/"
 TRACKS = {"gender": "Gender", "language": "Language", "emotion": "Emotion", "animal": "Animal"}
@@ -79,6 +80,9 @@ class Sakura(MCQTask):
     source = f"-T data=DIR ({UPSTREAM}); HF SLLM-multi-hop/*QA not read"
     Options = SakuraOptions
     groupings = ("attribute", "hop", "cell")
+    #: "upstream": the instruction as SAKURA writes it, options inline ("... (a) Female (b) Male"),
+    #: lettered in the presented order (with --choices original it is the upstream text exactly)
+    prompts = {"default": DEFAULT_MCQ_PROMPT, "upstream": "{question} {options_inline}"}
 
     def __init__(self, options: SakuraOptions | None = None):
         super().__init__(options)
@@ -88,6 +92,12 @@ class Sakura(MCQTask):
             raise TaskDataError(f"sakura: -T tracks={self.options.tracks!r}: unknown track(s) {unknown}; "
                                 f"choose from {', '.join(TRACKS)}")
         self.tracks = list(dict.fromkeys(names))
+
+    def render_prompt(self, p: Presentation) -> str:
+        if self.options.prompt == "upstream":
+            inline = " ".join(f"({LETTERS[i].lower()}) {c}" for i, c in enumerate(p.choices))
+            return self.prompts["upstream"].format(question=p.sample.question, options_inline=inline)
+        return super().render_prompt(p)
 
     def load(self) -> LoadedData:
         if not self.options.data:

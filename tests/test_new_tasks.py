@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from evalkit.engine.runner import RunConfigError, RunSpec, run_task
+from evalkit.engine.runner import RunConfigError, RunSpec, rescore, run_task
 from evalkit.engine.store import read_records
 from evalkit.models.base import AdapterConfig, Model
 from evalkit.tasks.base import TaskDataError
@@ -216,6 +216,8 @@ def test_sakura_end_to_end(tmp_path, adapters):
     assert m["gap_multi_minus_single"]["n"] == 6
     lo, hi = m["gap_multi_minus_single"]["ci"]
     assert lo <= -100 / 3 <= hi
+    again = rescore(res.run_dir)
+    assert again["metrics"] == m and again["groups"] == g
 
 
 # ---------------------------------------------------------------- MUGEN
@@ -344,6 +346,9 @@ def test_dynamic_superb_end_to_end(tmp_path, adapters):
     assert g["domain"]["speech"]["accuracy"]["value"] == 50.0 and g["domain"]["speech"]["wer"]["value"] == 40.0
     assert recs["SpoofDetection_ASVspoof2017/s2.wav"]["extraction_stage"] == "ambiguous"
     assert recs["SNRPrediction_Fixture/n1.wav"]["extracted"] == 5.5
+    # `evalkit score RUN_DIR` re-scores from the records alone: the same figures
+    again = rescore(res.run_dir)
+    assert again["metrics"] == m and again["groups"] == g
 
 
 def test_dynamic_superb_refusals_before_loading(tmp_path):
@@ -397,3 +402,64 @@ def test_transcript_error_parts_by_hand():
     assert transcript_error_parts("abc", "abd", unit="char") == (1, 3)
     assert transcript_error_parts("the cat", "") == (2, 2)
     assert transcript_error_parts("", "x") is None
+
+
+def test_sakura_reads_metadata_json_when_no_csv(tmp_path):
+    """The upstream metadata.json form: an object keyed by "data/<Track>/audio/<file>"."""
+    from evalkit.tasks.sakura import Sakura
+
+    root = sakura_dir(tmp_path)
+    (root / "Gender" / "metadata.csv").unlink()
+    entries = {f"data/Gender/audio/{r[0]}": dict(zip(SAKURA_COLUMNS[1:], r[1:])) for r in GENDER}
+    (root / "Gender" / "metadata.json").write_text(json.dumps(entries, indent=4))
+    data = Sakura.from_args({"data": str(root), "tracks": "gender"}).load()
+    by_id = {s.id: s for s in data.samples}
+    assert len(by_id) == 6 and by_id["gender/multi/g1.wav"].choices == ["Mother", "Father"]
+    assert by_id["gender/multi/g1.wav"].answer == 1
+    assert by_id["gender/single/g1.wav"].audio[0].path == (root / "Gender" / "audio" / "g1.wav").resolve()
+
+
+def test_dynamic_superb_hub_rows(tmp_path, monkeypatch):
+    """Hub rows (columns file, audio, audio2, instruction, label; audio undecoded bytes): both clips
+    in order, the repo DynamicSuperb/<task> at the requested revision, its resolved sha recorded."""
+    import io
+
+    import evalkit.hub as hub
+    from evalkit.tasks.dynamic_superb import DynamicSuperb
+
+    def flac(seed):
+        buf = io.BytesIO()
+        sf.write(buf, np.random.default_rng(seed).standard_normal(400).astype("float32") * 0.1, 16000, format="WAV")
+        return {"bytes": buf.getvalue(), "path": f"clip{seed}.wav"}
+
+    asked = []
+
+    def rows(repo, revision, split, config=None):
+        asked.append((repo, revision, split))
+        return [{"file": "u1.wav", "audio": flac(1), "audio2": flac(2), "instruction": "Same speaker? yes or no.",
+                 "label": "yes"},
+                {"file": "u2.wav", "audio": flac(3), "audio2": flac(4), "instruction": "Same speaker? yes or no.",
+                 "label": "no"}]
+
+    monkeypatch.setattr(hub, "load_hub_rows", rows)
+    monkeypatch.setattr(hub, "resolve_revision", lambda repo, revision: "f" * 40)
+    data = DynamicSuperb.from_args({"tasks": "SuperbSV_SuperbHiddenSet", "revision": "abc123"}).load()
+    assert asked == [("DynamicSuperb/SuperbSV_SuperbHiddenSet", "abc123", "test")]
+    assert data.source["tasks"]["SuperbSV_SuperbHiddenSet"]["resolved_revision"] == "f" * 40
+    s = data.samples[0]
+    assert s.id == "SuperbSV_SuperbHiddenSet/u1.wav" and len(s.audio) == 2
+    assert s.audio[0].data == rows("", "", "")[0]["audio"]["bytes"]
+    assert s.audio[1].data == rows("", "", "")[0]["audio2"]["bytes"]
+    assert s.target == {"type": "classification", "metric": "accuracy", "label": "yes", "labels": ["no", "yes"]}
+    assert s.metadata["domain"] == "speech"
+
+
+def test_sakura_upstream_prompt_reproduces_the_instruction(tmp_path):
+    from evalkit.protocol.choices import present
+    from evalkit.tasks.sakura import Sakura
+
+    task = Sakura.from_args({"data": str(sakura_dir(tmp_path)), "tracks": "gender,animal", "prompt": "upstream"})
+    rows = {f"{attr}/{hop}/{r[0]}": r[SAKURA_COLUMNS.index(f"{hop}_instruction")]
+            for attr, table in (("gender", GENDER), ("animal", ANIMAL)) for r in table for hop in ("single", "multi")}
+    for p in present(task.load().samples, "original", 0):
+        assert task.render_prompt(p) == rows[p.sample.id]
