@@ -6,7 +6,7 @@ whose name starts with `PREFIX_`, e.g. `family=EmotionRecognition`) selects task
 
 Data, per task, either:
 - the hub: `DynamicSuperb/<NAME>`, split "test", columns `file`, `audio`, optional `audio2`
-  (a second clip, e.g. speaker verification), `instruction`, `label` (checked against the
+  (a second clip, e.g. speaker verification; catalog "clips": 2), `instruction`, `label` (checked against the
   dataset cards of DynamicSuperb/SuperbSV_SuperbHiddenSet and DynamicSuperb/SpokenDigitArithmetic_AudioMNIST).
   NOT PINNED: no commit sha could be looked up from here for any per-task dataset; `-T revision=`
   pins all, and the resolved sha of each is recorded in run.json (`task.source.tasks`).
@@ -74,7 +74,7 @@ BUILTIN_CATALOG: dict[str, dict[str, str]] = {
                                                         "domain": "speech"},
     "ChordClassification_AcousticGuitarAndPiano": {"type": "classification", "metric": "accuracy",
                                                    "domain": "music"},
-    "SuperbSV_SuperbHiddenSet": {"type": "classification", "metric": "accuracy", "domain": "speech"},
+    "SuperbSV_SuperbHiddenSet": {"type": "classification", "metric": "accuracy", "domain": "speech", "clips": 2},
 }
 
 FAILURES = frozenset({"empty", "none", "ambiguous", "error"})
@@ -103,7 +103,10 @@ def check_entry(name: str, entry: Any, where: str) -> dict[str, str]:
                             f"(evalkit scores {kind} by {', '.join(SCORED[kind])})")
     if domain not in DOMAINS:
         raise TaskDataError(f"{where}: task {name!r}: domain {domain!r}; use one of {', '.join(DOMAINS)}")
-    return {"type": kind, "metric": metric, "domain": domain}
+    clips = entry.get("clips", 1)
+    if clips not in (1, 2) or isinstance(clips, bool):
+        raise TaskDataError(f"{where}: task {name!r}: clips {clips!r}; use 1 (audio) or 2 (audio and audio2)")
+    return {"type": kind, "metric": metric, "domain": domain, "clips": clips}
 
 
 class DynamicSuperb(Task):
@@ -145,6 +148,9 @@ class DynamicSuperb(Task):
                                 "score it; pass -T catalog=FILE with {\"NAME\": {\"type\": \"classification\", "
                                 "\"metric\": \"accuracy\", \"domain\": \"speech\"}}")
         self.entries = {n: check_entry(n, catalog[n], where) for n in names}
+        # two-clip tasks (audio + audio2) need an adapter taking several clips per request
+        self.required_capabilities = frozenset({"audio"} | ({"multi_audio"} if any(
+            e["clips"] == 2 for e in self.entries.values()) else set()))
 
     # ---- loading
     def load(self) -> LoadedData:
@@ -206,7 +212,11 @@ class DynamicSuperb(Task):
                 raise TaskDataError(f"{where}: record {i}: duplicate file {file!r}")
             seen.add(sid)
             audio = [self._audio(rec, "audio", file, where, i, root)]
-            if rec.get("audio2") is not None:
+            if (rec.get("audio2") is not None) != (entry["clips"] == 2):
+                raise TaskDataError(f"{where}: record {i} (file {file!r}): the catalog says {entry['clips']} clip(s) "
+                                    f"for {task_name} but the record {'has' if rec.get('audio2') is not None else 'lacks'}"
+                                    " an audio2 field; fix the catalog entry's \"clips\"")
+            if entry["clips"] == 2:
                 audio.append(self._audio(rec, "audio2", None, where, i, root))
             target: dict[str, Any] = {"type": kind, "metric": entry["metric"], "label": label}
             if labels is not None:

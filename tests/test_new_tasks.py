@@ -463,3 +463,15 @@ def test_sakura_upstream_prompt_reproduces_the_instruction(tmp_path):
             for attr, table in (("gender", GENDER), ("animal", ANIMAL)) for r in table for hop in ("single", "multi")}
     for p in present(task.load().samples, "original", 0):
         assert task.render_prompt(p) == rows[p.sample.id]
+
+
+def test_dynamic_superb_two_clip_tasks_need_multi_audio(tmp_path):
+    from evalkit.tasks.dynamic_superb import DynamicSuperb
+
+    assert "multi_audio" in DynamicSuperb.from_args({"tasks": "SuperbSV_SuperbHiddenSet"}).required_capabilities
+    assert "multi_audio" not in DynamicSuperb.from_args({"tasks": "SpoofDetection_ASVspoof2017"}).required_capabilities
+    root, _ = ds_dir(tmp_path)
+    (root / "SpoofDetection_ASVspoof2017" / "metadata.jsonl").write_text(json.dumps(
+        {"file": "s0.wav", "audio2": "s1.wav", "instruction": "i", "label": "spoof"}) + "\n")
+    with pytest.raises(TaskDataError, match=r"record 0 \(file 's0.wav'\): the catalog says 1 clip\(s\)"):
+        DynamicSuperb.from_args({"tasks": "SpoofDetection_ASVspoof2017", "data": str(root)}).load()
