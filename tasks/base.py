@@ -64,6 +64,10 @@ class Task:
     metric_specs: ClassVar[tuple[MetricSpec, ...]] = (MetricSpec("accuracy"),)
     groupings: ClassVar[tuple[str, ...]] = ()
     is_mcq: ClassVar[bool] = False
+    #: adapter capabilities every request of this task needs beyond its modality (e.g. "multi_audio" for
+    #: several clips per request); the runner refuses an adapter without them before any work. A task may
+    #: set it on the instance when its options decide (dynamic-superb's two-clip tasks)
+    required_capabilities: frozenset[str] = frozenset()
 
     def __init__(self, options: TaskOptions | None = None):
         self.options = options or self.Options()
