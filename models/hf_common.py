@@ -122,6 +122,9 @@ def load_pretrained(loader: Any, source: str, *, what: str, hub_id: str | None, 
     `trust_remote_code` is passed only when the user set it; `local_files_only` follows
     HF_HUB_OFFLINE (and is always True for a local directory)."""
     kw = dict(kwargs)
+    gguf_file = kw.get("gguf_file")
+    if gguf_file:
+        check_gguf(source, gguf_file, local_path)
     if not local_path:
         kw["revision"] = revision
     if trust_remote_code is not None:
@@ -133,6 +136,9 @@ def load_pretrained(loader: Any, source: str, *, what: str, hub_id: str | None, 
         raise HFLoadError(f"loading the {what} of {source!r} needs a missing package ({e}); "
                           f"{HF_EXTRA} and the package named above") from None
     except Exception as e:
+        if gguf_file:
+            raise HFLoadError(f"cannot load the {what} of {source!r} from -M gguf_file={gguf_file}: "
+                              f"{type(e).__name__}: {e}. {gguf_note()}") from None
         if local_path:
             raise HFLoadError(f"cannot load the {what} from -M path={source}: {type(e).__name__}: {e}") from None
         cache = os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'
@@ -143,6 +149,58 @@ def load_pretrained(loader: Any, source: str, *, what: str, hub_id: str | None, 
             f"cannot load the {what} of {hub_id or source!r} at revision {revision or 'main (unpinned)'}: {how}. "
             f"Fetch it with {download_hint(hub_id or source, revision)}; or pass -M path=DIR with the files. "
             f"Cause: {type(e).__name__}: {e}") from None
+
+
+GGUF_EXTRA = "pip install 'gguf>=0.10'"
+
+
+def gguf_dequantizable_types() -> list[str]:
+    """The GGML tensor types the installed gguf-py can turn back into floats (transformers loads a
+    GGUF file through `gguf.dequantize`, so these are the quantizations it can load)."""
+    import gguf.quants
+
+    traits = getattr(gguf.quants, "_type_traits", {})  # gguf-py's table of implemented quantizations
+    return sorted({"F32", "F16", *(getattr(t, "name", str(t)) for t in traits)})
+
+
+def gguf_note() -> str:
+    """What a user needs to know when a GGUF file does not load: transformers has no quantized
+    kernels for it and dequantizes every tensor to float, so only the types and architectures below load."""
+    try:
+        types = ", ".join(gguf_dequantizable_types())
+    except Exception:  # gguf missing or changed: the note still says what transformers does
+        types = "(gguf-py not importable)"
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+        archs = ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
+    except Exception:
+        archs = "(see the transformers GGUF documentation)"
+    return (f"transformers does not run GGUF quantizations: it dequantizes every tensor to float (-M dtype; "
+            f"the memory of an unquantized model), so the file must use tensor types gguf-py can dequantize "
+            f"({types}) and an architecture transformers maps from GGUF ({archs}); transformers "
+            f"{transformers_version()}. For other files, run them in llama.cpp (the openai backend against "
+            f"its server) or use the original safetensors checkpoint")
+
+
+def check_gguf(source: str, gguf_file: str, local_path: bool) -> None:
+    """-M gguf_file: the gguf package is importable and, in a local folder, the file is there."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read GGUF files)
+
+        have = version("gguf")
+    except (ImportError, PackageNotFoundError):
+        raise HFLoadError(f"-M gguf_file={gguf_file} needs the gguf package: {GGUF_EXTRA}") from None
+    if not version_at_least(have, "0.10"):
+        raise HFLoadError(f"-M gguf_file={gguf_file} needs gguf>=0.10 (installed: {have}): {GGUF_EXTRA}")
+    if local_path:
+        folder = os.path.abspath(source)
+        if not os.path.isfile(os.path.join(folder, gguf_file)):
+            found = sorted(n for n in os.listdir(folder) if n.endswith(".gguf")) if os.path.isdir(folder) else []
+            raise HFLoadError(f"-M gguf_file={gguf_file}: no such file in -M path={source} "
+                              f"(.gguf files there: {', '.join(found) or 'none'})")
 
 
 def resolved_commit(model: Any) -> str | None:

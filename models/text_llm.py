@@ -7,11 +7,26 @@
 
 Backends (`-M backend=hf|vllm|openai`):
   hf      transformers AutoModelForCausalLM + AutoTokenizer through evalkit.models.hf_common (`-M model=HUB_ID [-M revision=...]` or
-          `-M path=DIR`), the tokenizer's chat template (`add_generation_prompt=True`; a tokenizer
-          without one gets the plain text), left-padded batches of `batch_size`, greedy at
-          temperature 0 (sampling with the request's temperature/top_p and a seeded generator
-          otherwise). Kept deliberately minimal: no quantization or multi-GPU sharding beyond
-          `device` (`auto`: cuda if available) and `dtype`.
+          `-M path=DIR`), left-padded batches of `batch_size`, greedy at temperature 0 (sampling
+          with the request's temperature/top_p and a seeded generator otherwise). Kept deliberately
+          minimal: no quantization or multi-GPU sharding beyond `device` (`auto`: cuda if
+          available) and `dtype`.
+          `-M gguf_file=NAME` loads tokenizer and model from one GGUF file in the folder / hub repo
+          (transformers' GGUF loading; needs `pip install 'gguf>=0.10'`). transformers dequantizes
+          every tensor to float (`dtype`), so a GGUF model takes the memory of an unquantized one,
+          and a quantization gguf-py cannot dequantize fails with a message listing those it can.
+          Prompt format (`-M prompt_format=auto|chat_template|plain`; run.json's model info records
+          the one used as `prompt_format`):
+            chat_template  the tokenizer's chat template with `add_generation_prompt=True`,
+                           tokenized without adding special tokens (the template writes them).
+                           `auto` picks it when the tokenizer has a template.
+            plain          the plain prompt format: each message's text in order (system first),
+                           no role names, separated by one blank line, ending with a newline;
+                           tokenized with the special tokens the tokenizer puts before a sequence
+                           (e.g. <bos>: Gemma and Llama produce garbage without it) and without
+                           those it puts after one (a prompt ending in </s> asks for nothing).
+                           Recorded as "plain+special_tokens", the prefix as
+                           `prompt_prefix_tokens`. `auto` picks it when there is no template.
   vllm    vLLM's offline engine with text prompts (the chat template through
           evalkit.models.vllm_audio, family "generic"); `-M vllm='{"tensor_parallel_size": 2}'`
           passes any other vllm adapter setting. Needs `pip install 'evalkit[vllm]'`.
@@ -43,6 +58,10 @@ class TextLLMConfig(AdapterConfig):
     #: a local model folder (hf, vllm)
     path: str | None = None
     revision: str | None = None
+    #: a GGUF file inside `path` (or the hub repo `model`) holding tokenizer and weights (hf)
+    gguf_file: str | None = None
+    #: auto: the chat template when the tokenizer has one, else the plain format (hf)
+    prompt_format: Literal["auto", "chat_template", "plain"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     device: str = "auto"
     batch_size: int = Field(8, ge=1)
@@ -71,6 +90,16 @@ class TextLLMConfig(AdapterConfig):
             raise ValueError(f"-M openai=... applies to backend=openai only (backend is {b})")
         if b != "openai" and self.base_url:
             raise ValueError(f"-M base_url=... applies to backend=openai only (backend is {b})")
+        if b != "hf" and self.gguf_file:
+            raise ValueError(f"-M gguf_file=... applies to backend=hf only (backend is {b}); vLLM takes a "
+                             "GGUF file as -M model=PATH.gguf")
+        if b != "hf" and self.prompt_format != "auto":
+            raise ValueError(f"-M prompt_format=... applies to backend=hf only (backend is {b})")
+        g = self.gguf_file
+        if g is not None and (not g.lower().endswith(".gguf") or g.startswith(("/", "\\", "~"))
+                              or ".." in g.replace("\\", "/").split("/")):
+            raise ValueError(f"-M gguf_file={g!r}: expected the name of a .gguf file inside -M path=DIR "
+                             "(or inside the hub repo -M model=ID), relative to it")
         if b == "vllm":
             self.vllm_config()  # typos in -M vllm={...} fail at load
         if b == "openai":
@@ -125,6 +154,32 @@ def _with_system(req: Request, system_prompt: str | None) -> Request:
     return Request(req.key, [sys_msg, *req.messages], req.generation)
 
 
+PLAIN_FORMAT = "plain+special_tokens"
+CHAT_FORMAT = "chat_template"
+
+
+def plain_prompt(messages: list[dict[str, str]]) -> str:
+    """The plain prompt format (tokenizers without a chat template): each message's text in order,
+    no role names, separated by one blank line, ending with a newline."""
+    return "\n\n".join(m["content"] for m in messages) + "\n"
+
+
+def special_prefix(tok) -> list[int]:
+    """The special-token ids the tokenizer puts before a single sequence (e.g. [<bos>]), found by
+    encoding a probe with and without special tokens. Ids it appends after the text (e.g. </s>) are
+    not part of it: a generation prompt must not end the sequence."""
+    probe = "a"
+    bare = tok(probe, add_special_tokens=False)["input_ids"]
+    full = tok(probe, add_special_tokens=True)["input_ids"]
+    n = len(bare)
+    for k in range(len(full) - n + 1):
+        if full[k:k + n] == bare:
+            return list(full[:k])
+    raise ValueError(f"cannot tell which special tokens the tokenizer adds: {probe!r} encodes as {bare} without "
+                     f"and {full} with special tokens; pass -M prompt_format=chat_template with a tokenizer that "
+                     "has a chat template")
+
+
 class _HFBackend:
     """transformers, through the shared plumbing in evalkit.models.hf_common (device/dtype rules,
     loading and its error policy, left-padded batched generation)."""
@@ -135,12 +190,21 @@ class _HFBackend:
         _, transformers = hc.import_hf()
         self.c, self.hc = c, hc
         src, local = (c.path, True) if c.path else (c.model, False)
-        common = {"hub_id": c.model, "revision": c.revision, "local_path": local,
-                  "trust_remote_code": c.trust_remote_code or None}
+        common: dict[str, Any] = {"hub_id": c.model, "revision": c.revision, "local_path": local,
+                                  "trust_remote_code": c.trust_remote_code or None}
+        if c.gguf_file:
+            common["gguf_file"] = c.gguf_file
         self.tok = hc.load_pretrained(transformers.AutoTokenizer, src, what="tokenizer", **common)
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
+        has_template = bool(getattr(self.tok, "chat_template", None))
+        if c.prompt_format == "chat_template" and not has_template:
+            raise ValueError(f"-M prompt_format=chat_template but the tokenizer of {src!r} has no chat template; "
+                             "use -M prompt_format=plain (or auto)")
+        self.prompt_format = CHAT_FORMAT if c.prompt_format == "chat_template" or (
+            c.prompt_format == "auto" and has_template) else PLAIN_FORMAT
+        self.prefix_ids = special_prefix(self.tok) if self.prompt_format == PLAIN_FORMAT else []
         self.device = hc.resolve_device(c.device)
         self.dtype = hc.resolve_dtype(c.dtype, self.device)
         self.model = hc.load_pretrained(transformers.AutoModelForCausalLM, src, what="model", dtype=self.dtype,
@@ -148,15 +212,33 @@ class _HFBackend:
 
     def render(self, req: Request) -> str:
         msgs = plain_messages(req)
-        if getattr(self.tok, "chat_template", None):
+        if self.prompt_format == CHAT_FORMAT:
             return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in msgs) + "\n"
+        return plain_prompt(msgs)
+
+    def encode(self, prompts: list[str]) -> dict[str, Any]:
+        """Rendered prompts -> left-padded input_ids + attention_mask (torch, on the CPU). A chat
+        template writes its own special tokens; a plain prompt gets the tokenizer's prefix (<bos>)."""
+        if self.prompt_format == CHAT_FORMAT:
+            return dict(self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False))
+        ids = [self.prefix_ids + self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        return dict(self.tok.pad({"input_ids": ids}, padding=True, return_tensors="pt", return_attention_mask=True))
 
     def _batch(self, prompts: list[str], g: GenerationConfig) -> list[str]:
-        enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        inputs = {k: v.to(self.device) for k, v in enc.items()}
+        inputs = {k: v.to(self.device) for k, v in self.encode(prompts).items()}
         texts, _ = self.hc.generate_batch(self.model, self.tok, inputs, g)
         return texts
+
+    def info(self) -> dict[str, Any]:
+        hc = self.hc
+        out: dict[str, Any] = {"dtype": hc.dtype_name(self.dtype), "device": self.device,
+                               "commit": hc.resolved_commit(self.model), "prompt_format": self.prompt_format}
+        if self.prompt_format == PLAIN_FORMAT:
+            out["prompt_prefix_tokens"] = self.tok.convert_ids_to_tokens(self.prefix_ids)
+        if self.c.gguf_file:
+            out["gguf_file"] = self.c.gguf_file
+            out["gguf_dequantized_to"] = hc.dtype_name(self.dtype)
+        return out
 
     def generate(self, requests: list[Request]) -> list[Response]:
         out: dict[str, Response] = {}
@@ -256,12 +338,11 @@ class TextLLM(Model):
             except Exception as e:
                 out["backend_info"] = {"error": str(e)}
         elif c.backend == "hf":
-            b = self._backend
-            out.update(dtype=b.hc.dtype_name(b.dtype), device=b.device, commit=b.hc.resolved_commit(b.model))
+            out.update(self._backend.info())
         return out
 
     def close(self) -> None:
         self._backend.close()
 
 
-__all__ = ["TextLLM", "TextLLMConfig", "plain_messages"]
+__all__ = ["TextLLM", "TextLLMConfig", "plain_messages", "plain_prompt", "special_prefix"]
