@@ -466,3 +466,14 @@ def test_preamble_is_no_prediction_end_to_end(data_dir):
     keep = Y.sum(axis=0) > 0
     expected = average_precision_score(Y[:, keep], np.zeros_like(Y[:, keep]), average="macro") * 100
     assert at.aggregate(recs)["metrics"]["map"]["value"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_asc_answer_after_a_preamble_line_is_read():
+    """The scene task reads the first line that names something: a preamble line abstains, the answer on the
+    next line counts (the old first-line rule lost it)."""
+    from evalkit.tasks.sseu import SSEUASC
+
+    parse = lambda out: SSEUASC().parse({"error": None, "output": out})[0]["scene"]
+    assert parse("The audio description for this recording is:\nScene: home") == "home"
+    assert parse("The acoustic scene is: metro station.") == "metro station"
+    assert parse("I cannot tell") == ""

@@ -191,7 +191,7 @@ class SSEUTask(Task):
     # ------------------------------------------------------------------ scoring
     def parse(self, record: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """(parsed answer, stage). Worst case on errors / unparseable output."""
-        from evalkit.tasks.sseu.scoring import parse_event_list, parse_joint
+        from evalkit.tasks.sseu.scoring import parse_event_list, parse_joint, scene_text
 
         empty = {"transcript": "", "scene": "", "events": []}
         if record.get("error") is not None:
@@ -204,10 +204,8 @@ class SSEUTask(Task):
         if self.mode == "asr":
             return {**empty, "transcript": re.sub(r"^\s*(?:transcript(?:ion)?)\s*[:：]\s*", "", text, flags=re.I)}, \
                 "text"
-        if self.mode == "asc":
-            first = next((ln for ln in text.splitlines() if ln.strip()), "")
-            scene = re.sub(r"^\s*(?:the\s+)?(?:acoustic\s+)?scene(?:\s+is)?\s*[:：]?\s*", "", first, flags=re.I)
-            return {**empty, "scene": scene.strip().strip("*`\"'.").strip()}, "text"
+        if self.mode == "asc":  # the first line that names something (a preamble line abstains, the next counts)
+            return {**empty, "scene": scene_text(text)}, "text"
         if self.mode == "at":
             return {**empty, "events": parse_event_list(text)}, "text"
         parsed, stage = parse_joint(text)
