@@ -59,6 +59,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from evalkit.engine.cache import KVCache, cache_dir
+from evalkit.jsonio import jsonl_lines
 from evalkit.models.base import AdapterConfig, Model
 from evalkit.types import AudioRef, GenerationConfig, Request, Response
 
@@ -157,9 +158,7 @@ class CaptionsFile:
         self.sha256 = hashlib.sha256(raw).hexdigest()
         self.by: dict[str, dict[str, str]] = {"audio_sha256": {}, "audio": {}, "name": {}, "id": {}}
         n = 0
-        for lineno, line in enumerate(raw.decode("utf-8-sig").splitlines(), start=1):
-            if not line.strip():
-                continue
+        for lineno, line in jsonl_lines(raw.decode("utf-8-sig")):  # "\n" only: captions may hold U+2028
             where = f"{self.path} line {lineno}"
             try:
                 item = json.loads(line)

@@ -275,3 +275,14 @@ def test_openai_pair_on_fake_server(env, monkeypatch):
         assert srv.count == 4  # one caption + three questions
         assert out[0].text == "LLM saw: Audio description: a tone of 16000 samples at 16000 Hz\nQ0?"
         assert out[2].extra["caption"] == "a tone of 16000 samples at 16000 Hz"
+
+
+def test_captions_file_lines_split_on_newline_only(tmp_path):
+    import json
+
+    from evalkit.models.cascade import CaptionsFile
+
+    p = tmp_path / "caps.jsonl"
+    p.write_text(json.dumps({"id": "s1", "caption": "a dog\u2028then a cat"}, ensure_ascii=False) + "\n")
+    caps = CaptionsFile(p)
+    assert caps.by["id"]["s1"] == "a dog\u2028then a cat"
