@@ -197,6 +197,10 @@ def run(
     audio_check_limit: int = typer.Option(100, help="Items the audio check asks again (each costs 1-2 more calls)."),
     output: Path = typer.Option(Path("results/runs"), help="Runs go to OUTPUT/<run_id>/."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    strategy: str | None = typer.Option(None, "--strategy", help="Inference-time strategy: self-consistency, "
+                                        "audio-permutation, cot, relisten (steer: not implemented)."),
+    strategy_arg: list[str] | None = typer.Option(None, "--strategy-arg", "-S",
+                                                  help="Strategy setting key=value, e.g. -S k=5 -S temperature=0.7."),
 ) -> None:
     """Evaluate a model on one or more tasks. Running the same command again resumes the run.
 
@@ -246,6 +250,18 @@ def run(
         fail(explain_options_error(e, "-M", f"model {model!r}", fields))
     except Exception as e:
         fail(str(e))
+    sargs = parse_kv(strategy_arg, "-S")
+    if strategy is not None or sargs:  # -S typos fail before any work, naming the flag and the valid keys
+        from evalkit.engine.strategies import STRATEGIES, get_strategy
+
+        if strategy is None:
+            fail(f"-S {', '.join(sargs)}: strategy options without --strategy")
+        try:
+            get_strategy(strategy, sargs)
+        except ValidationError as e:
+            fail(explain_options_error(e, "-S", f"strategy {strategy!r}", STRATEGIES[strategy].Options.model_fields))
+        except ValueError as e:
+            fail(str(e))
     targs = parse_kv(task_arg, "-T")
     for name in task:  # -T typos fail before any work, naming the flag and the valid keys
         try:
@@ -269,7 +285,8 @@ def run(
                            seed=seed, limit=limit, shard=spec_shard, batch_size=batch_size,
                            generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                                                        seed=seed),
-                           no_audio=no_audio, retry_errors=retry_errors, output=output)
+                           no_audio=no_audio, retry_errors=retry_errors, output=output,
+                           strategy=strategy, strategy_options=sargs)
             try:
                 result = run_task(spec, holder, progress)
             except KeyboardInterrupt:

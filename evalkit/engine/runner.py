@@ -29,6 +29,7 @@ from evalkit.engine.fingerprint import Fingerprints, combined, local_paths
 from evalkit.engine.provenance import environment, git_commit, stable_hash
 from evalkit.engine.secrets import mask_json, mask_text, redact_args
 from evalkit.engine.store import RunStore, unserializable_field
+from evalkit.engine.strategies import Driver, StrategyError, get_strategy, run_summary, score_record
 from evalkit.protocol.choices import gold_histogram, present
 from evalkit.registry import get_model, get_task
 from evalkit.types import GenerationConfig, Presentation, Request, Response
@@ -71,6 +72,9 @@ class RunSpec:
     silence_audio: bool = False
     retry_errors: bool = False
     output: Path = Path("results/runs")
+    #: inference-time strategy (evalkit/engine/strategies.py) and its -S options; part of the run id
+    strategy: str | None = None
+    strategy_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Values the CLI or an API caller could get wrong, refused before any work starts."""
@@ -87,6 +91,18 @@ class RunSpec:
             raise RunConfigError(f"--max-new-tokens {g.max_new_tokens!r}: must be a positive integer")
         if not (g.temperature >= 0) or g.temperature != g.temperature:
             raise RunConfigError(f"--temperature {g.temperature!r}: must be >= 0")
+        if self.strategy is None and self.strategy_options:
+            raise RunConfigError(f"-S {', '.join(self.strategy_options)}: strategy options without --strategy")
+        self.make_strategy()
+
+    def make_strategy(self):
+        """The run's strategy with validated options, or None (a bad -S value raises pydantic's ValidationError)."""
+        if self.strategy is None:
+            return None
+        try:
+            return get_strategy(self.strategy, self.strategy_options)
+        except StrategyError as e:
+            raise RunConfigError(str(e)) from None
 
 
 @dataclass
@@ -216,6 +232,8 @@ def compute_run_id(model_identity: dict, task, data_hash: str, spec: RunSpec, au
         "protocol": {"choices": spec.choices if task.is_mcq else None, "seed": spec.seed, "no_audio": spec.no_audio,
                      **({"silence_audio": True} if spec.silence_audio else {})},
         "generation": spec.generation.to_dict(),
+        # only when set, so that runs without a strategy keep their ids
+        **({"strategy": spec.make_strategy().identity()} if spec.strategy else {}),
     })
 
 
@@ -339,12 +357,16 @@ def _record(task, p: Presentation, req: Request | None, err: str | None, resp: R
                 "error_kind": None if error is None else (INPUT_ERROR if err is not None else MODEL_ERROR),
                 "latency_s": resp.latency_s if resp else None,
                 "extra": resp.extra if resp else {}})
-    rec.update(task.score(rec))
+    if rec["extra"] and "strategy" in rec["extra"]:  # a strategy's sub-calls: their own field, scored through it
+        rec["extra"] = dict(rec["extra"])
+        rec["strategy"] = rec["extra"].pop("strategy")
+    rec.update(score_record(task, rec))
     bad = unserializable_field(rec)
     if bad is not None:  # never a crash, never a record that cannot be read back: an error record naming the field
         rec = base_record(p, req, digests)
         rec.update({"output": None, "error": f"the response could not be logged: {bad}", "error_kind": MODEL_ERROR,
                     "latency_s": resp.latency_s if resp else None, "extra": {}})
+        rec.pop("strategy", None)  # the strategy's part may be what could not be logged: a plain error record
         rec.update(task.score(rec))
     return rec
 
@@ -383,7 +405,7 @@ def reached_model(rec: dict[str, Any]) -> bool:
 
 
 def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store: RunStore,
-                 progress: Progress, digests: dict[str, str] | None = None) -> tuple[int, float]:
+                 progress: Progress, digests: dict[str, str] | None = None, strategy=None) -> tuple[int, float]:
     """Ask the model for every pending presentation, batch by batch, while a pool decodes the
     audio of the next PREFETCH_BATCHES batches. Each record is appended and flushed as its request
     completes, so a crash loses at most the requests in flight. Returns (model calls, seconds inside
@@ -397,6 +419,11 @@ def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store:
     calls, model_s = 0, 0.0
     fatal_run: list[str] = []  # causes of consecutive fatal responses
     fatal_total, last_cause = 0, ""
+    driver, answer = None, _stream
+    if strategy is not None:  # each request becomes the strategy's sub-calls, asked through _stream
+        driver = Driver(strategy, task, spec, store.dir, {p.key: p for p in pending},
+                        lambda p: build_request(task, p, spec), _stream, normalize_response, model.sample_rate)
+        answer = driver.stream
     try:
         for bi in range(len(batches)):
             futures = ahead.popleft()
@@ -411,7 +438,7 @@ def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store:
             reqs = [req for _, req in waiting.values()]
             t0 = time.perf_counter()
             calls += len(reqs)
-            for resp in _stream(model, reqs):
+            for resp in answer(model, reqs):
                 if resp.key not in waiting:
                     raise ModelFailure(f"the adapter answered a request it was not asked ({resp.key!r}) "
                                        "or answered one twice")
@@ -452,7 +479,9 @@ def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store:
                              "they are not recorded")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return calls, model_s
+        if driver is not None:
+            driver.close()
+    return (driver.calls if driver is not None else calls), model_s
 
 
 def _open_store(run_dir: Path) -> RunStore | None:
@@ -476,6 +505,12 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
     holder = holder or ModelHolder(spec.model, spec.model_args)
     task = get_task(spec.task).from_args(spec.task_args)
     check_pairing(holder.cls, task, spec)  # class capabilities first (before loading data); instance below
+    strategy = spec.make_strategy()
+    if strategy is not None:
+        try:
+            strategy.check(task, holder.cls, spec)
+        except StrategyError as e:
+            raise RunConfigError(str(e)) from None
     t_load = time.perf_counter()
     data = task.load()
     load_s = time.perf_counter() - t_load
@@ -484,6 +519,11 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
     check_protocol = getattr(holder.cls, "check_protocol", None)
     if check_protocol is not None:  # e.g. predictions made elsewhere refer to the upstream choice order
         check_protocol(holder.config, spec.choices if task.is_mcq else "original", selected)
+    if strategy is not None:
+        try:
+            strategy.check_selected(selected, holder.cls)
+        except StrategyError as e:
+            raise RunConfigError(str(e)) from None
     fingerprints = Fingerprints()
     digests = audio_digests(data.samples, fingerprints)
     audio_hash = combined(digests) if digests else None
@@ -508,7 +548,7 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
             if pending:
                 model = holder.model
                 check_pairing(model, task, spec)
-                calls, model_s = _run_pending(task, model, spec, pending, store, progress, digests)
+                calls, model_s = _run_pending(task, model, spec, pending, store, progress, digests, strategy)
             stopped = None
         except RunStopped as e:
             stopped = f"stopped: {e}"
@@ -623,6 +663,8 @@ def build_run_record(spec: RunSpec, task, data, holder: ModelHolder, run_id: str
         "groups": agg["groups"],
         "extra": agg.get("extra", {}),
         "long_audio": long_audio_summary(records),
+        **({"strategy": {**spec.make_strategy().identity(), **(run_summary(task, answered) or {})}}
+           if spec.strategy else {}),
     }
 
 
@@ -630,7 +672,7 @@ def score_records(task, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Re-extract, re-score and aggregate records through the task (`evalkit score`, `evalkit merge`):
     {"metrics", "groups", "extra", "counts"}."""
     for r in records:
-        r.update(task.score(r))
+        r.update(score_record(task, r))
     agg = task.aggregate(records) if records else {"metrics": {}, "groups": {}, "extra": {}}
     return {"metrics": agg["metrics"], "groups": agg["groups"], "extra": agg.get("extra", {}),
             "counts": count_records(records)}
