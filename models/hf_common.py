@@ -6,7 +6,9 @@
 - `resolve_device` / `resolve_dtype`: `auto` rules in one place.
 - `load_pretrained()`: `from_pretrained` with revision, `trust_remote_code` only when the user
   passed it, `local_files_only` under HF_HUB_OFFLINE, and failures turned into a message naming
-  the hub id, the revision and the `-M path=DIR` / cache options.
+  the hub id, the revision and the `-M path=DIR` / cache options. With `gguf_file=NAME` it checks
+  the gguf package and the file first, and a failure says that transformers dequantizes GGUF to
+  float and which tensor types / architectures it can load (`gguf_note()`).
 - `to_conversation()`: Request messages -> the chat-template conversation + the audio arrays at
   the processor's rate.
 - `generation_kwargs()` / `generate_batch()`: left-padded batched generation, greedy unless
