@@ -608,7 +608,11 @@ def demo(
     board.write_text(lb.render(lb.build([result.run]), "json"))
     figure = metric_by_group([result.run], "wer", "snr", out_dir / "wer_by_snr.png",
                              title="Whisper tiny.en WER vs SNR (synthetic SSEU set)")
-    out.print(f"run directory: {result.run_dir}\nleaderboard:   {board}\nplot:          {figure}")
+    from evalkit.results.report import write_report
+
+    report = write_report([result.run_dir], out_dir / "report.html")
+    out.print(f"run directory: {result.run_dir}\nleaderboard:   {board}\nplot:          {figure}\n"
+              f"report:        {report}")
 
 
 def main() -> None:

@@ -275,8 +275,6 @@ def test_mugen_bad_items_named(tmp_path):
     assert data.samples == [] and "answer 'Audio 9' is not among the choices" in data.warnings[0]
 
 
-@pytest.mark.xfail(strict=True, reason="runner.check_pairing does not read Task.required_capabilities yet "
-                                       "(lead owns runner.py; see the issue-15 report)")
 def test_mugen_refuses_single_audio_adapter_before_any_work(tmp_path, adapters):
     (tmp_path / "replies.json").write_text("{}")
     # the data file does not exist: a refusal before any work raises RunConfigError, not a data error

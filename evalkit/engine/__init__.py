@@ -1,3 +1,4 @@
 """The run engine: the runner (task -> requests -> model -> records -> run.json), the run store and
-its lock, the response cache, provenance and secret masking. May import evalkit's types, audio, hub,
-errors, protocol and registry; never a task or adapter module (those come through the registry)."""
+its lock, the response cache, fingerprints, secret masking, strategies and the audio check. May import
+evalkit's types, audio, hub, errors, jsonio, protocol, registry and the results' pure functions of
+records (metrics, diagnostics); never a task or adapter module (those come through the registry)."""

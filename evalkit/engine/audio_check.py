@@ -59,10 +59,12 @@ def audio_check(main: RunResult, spec: RunSpec, holder: ModelHolder, limit: int 
     if task.modality != "audio":
         raise ValueError(f"--audio-check: task {task.name!r} has no audio to check")
     n = min(x for x in (limit, spec.limit) if x is not None) if (limit or spec.limit) else None
-    variants: dict[str, RunResult] = {"silence": run_task(replace(spec, limit=n, silence_audio=True), holder, progress)}
+    plain = {"strategy": None, "strategy_options": {}}  # the ablations ask each item once, whatever the strategy
+    variants: dict[str, RunResult] = {
+        "silence": run_task(replace(spec, limit=n, silence_audio=True, **plain), holder, progress)}
     skipped = None
     if "text" in holder.cls.capabilities:
-        variants["no_audio"] = run_task(replace(spec, limit=n, no_audio=True), holder, progress)
+        variants["no_audio"] = run_task(replace(spec, limit=n, no_audio=True, **plain), holder, progress)
     else:
         skipped = "the adapter takes no text-only requests: the no-audio variant was not run"
     ids = set(_answered(variants["silence"].run_dir))

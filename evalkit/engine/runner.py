@@ -32,6 +32,7 @@ from evalkit.engine.store import RunStore, unserializable_field
 from evalkit.engine.strategies import Driver, StrategyError, get_strategy, run_summary, score_record
 from evalkit.protocol.choices import gold_histogram, present
 from evalkit.registry import get_model, get_task
+from evalkit.results.diagnostics import run_diagnostics
 from evalkit.types import GenerationConfig, Presentation, Request, Response
 
 SCHEMA_VERSION = 1
@@ -245,6 +246,10 @@ def check_pairing(model, task, spec: RunSpec) -> None:
             "pass --no-audio for an explicit no-audio ablation")
     if task.modality == "text" and "text" not in caps:
         raise RunConfigError(f"model {spec.model!r} cannot answer text-only task {task.name!r}")
+    missing = sorted(set(getattr(task, "required_capabilities", ())) - caps) if not spec.no_audio else []
+    if missing:
+        raise RunConfigError(f"model {spec.model!r} lacks {', '.join(missing)}, which task {task.name!r} needs"
+                             + (" (several audio clips per request)" if "multi_audio" in missing else ""))
 
 
 def silence_like(ref):
@@ -663,6 +668,8 @@ def build_run_record(spec: RunSpec, task, data, holder: ModelHolder, run_id: str
         "groups": agg["groups"],
         "extra": agg.get("extra", {}),
         "long_audio": long_audio_summary(records),
+        # position bias and extraction diagnostics; the audio check's entry (written after the run) is kept
+        "diagnostics": {**(previous or {}).get("diagnostics", {}), **run_diagnostics(task, answered)},
         **({"strategy": {**spec.make_strategy().identity(), **(run_summary(task, answered) or {})}}
            if spec.strategy else {}),
     }
@@ -688,6 +695,7 @@ def rescore(run_dir: Path) -> dict[str, Any]:
         task = get_task(run["task"]["name"]).from_args(run["task"]["options"])
         records = list(store.load().values())
         scored = score_records(task, records)
+        run.setdefault("diagnostics", {}).update(run_diagnostics(task, [r for r in records if reached_model(r)]))
         store.rewrite(records)
         run.update(metrics=scored["metrics"], groups=scored["groups"], extra=scored["extra"])
         run["counts"].update(scored["counts"])
