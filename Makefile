@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo check-demo bench lint clean
+.PHONY: install test demo check-demo bench lint clean mutation
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +28,18 @@ check-demo: demo
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Mutation testing (not part of `make test`): mutmut over the files [tool.mutmut] names, in a staged
+# copy laid out as installed (tasks/ -> evalkit/tasks/), so the tree and its editable install stay as
+# they are. A subset: make mutation MUTANTS='evalkit.results.metrics*'
+MUTATION_DIR ?= .cache/mutation
+MUTANTS ?=
+mutation: $(STAMP)
+	rm -rf $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)
+	cp -r evalkit tests pyproject.toml $(MUTATION_DIR)/
+	cp -r tasks $(MUTATION_DIR)/evalkit/tasks && cp -r models $(MUTATION_DIR)/evalkit/models
+	cd $(MUTATION_DIR) && $(abspath $(VENV))/bin/mutmut run $(MUTANTS); \
+		$(abspath $(VENV))/bin/mutmut results
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check evalkit tasks models tests bench
