@@ -19,7 +19,7 @@ CHOICES = ["Dog", "Cat", "Bird", "Horse"]
 
 PATTERNS = {  # name: (repeated pattern, text around the repetition)
     "answer phrases": ("the answer is maybe ", "{}"),
-    "newline run": ("\n", "x{}x"),
+    "newline run": ("\n", "#x{}x"),  # a "#" so the heading rule runs over the run
     "spaces after 'answer'": ("Answer" + " " * 50, "{}"),
     "one 'answer', spaces": (" ", "Answer{}x"),
     "bracketed letters": ("(B) ", "{}"),
