@@ -267,3 +267,54 @@ def test_ratio_paired_test_matches_exact_enumeration(case):
 def test_ratio_paired_test_refuses_mismatched_lengths():
     with pytest.raises(ValueError, match="one entry per shared sample"):
         paired_ratio_drop_pvalue([1, 2], [3, 3], [1], [3])
+
+
+# ------------------------------------------------------------ edges the mutation run found untested
+
+
+def test_empty_cell_two_cluster_cell_and_rounding():
+    boot = Bootstrap(["a", "a", "b", "c"], n_boot=500)
+    assert boot.mean_ci([float("nan")] * 4) == {"value": None, "ci": [None, None], "n": 0}
+    two = boot.mean_ci([1.0, 1.0, 0.0, 0.0], np.array([True, True, True, False]))  # clusters a and b only
+    assert two["n"] == 3 and ci_bounds(two) is not None  # two clusters are enough to resample
+    third = mean_with_ci([1.0, 0.0, 0.0], ["a", "b", "c"], n_boot=200)
+    assert third["value"] == 33.3333  # reported to 4 decimals
+    assert all(round(b, 4) == b for b in third["ci"])
+
+
+def test_ci_bounds_with_one_missing_end_is_no_interval():
+    assert ci_bounds({"ci": [None, 2.0]}) is None and ci_bounds({"ci": [1.0, None]}) is None
+
+
+def test_aggregate_scores_is_seeded_honours_scale_and_tolerates_missing_metadata():
+    rng = np.random.default_rng(0)
+    records = [{"scores": {"acc": float(rng.random() < 0.6)}, "cluster": f"c{i // 3}"} for i in range(90)]
+    a = aggregate_scores(records, [MetricSpec("acc", scale=1.0)], ["snr"])
+    b = aggregate_scores(records, [MetricSpec("acc", scale=1.0)], ["snr"])
+    assert a == b and a[1] == {}  # reproducible (a fixed seed); no metadata means no groups
+    assert 0 < a[0]["acc"]["value"] < 1 and a[0]["acc"]["ci"][1] <= 1  # scale 1: a fraction, not percent
+    assert mean_with_ci([r["scores"]["acc"] for r in records], [r["cluster"] for r in records]) == \
+        mean_with_ci([r["scores"]["acc"] for r in records], [r["cluster"] for r in records])
+
+
+def test_ratio_paired_test_identical_runs_and_floor():
+    assert paired_ratio_drop_pvalue([1, 2], [5, 5], [1, 2], [5, 5]) == 1.0
+    n_perm = 2000
+    worse = paired_ratio_drop_pvalue([3.0] * 30, [5.0] * 30, [1.0] * 30, [5.0] * 30, higher_is_better=False,
+                                     n_perm=n_perm)
+    assert worse == pytest.approx(1 / (n_perm + 1))  # no swap pattern is as bad (2^-30), the +1 remains
+
+
+def test_ratio_paired_test_over_several_memory_chunks_matches_normal_approximation():
+    """1000 samples: the resamples come in chunks; with equal denominators the swap
+    distribution of the difference is ~ normal with sd sqrt(sum d^2) / W."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(5)
+    words = rng.integers(5, 12, 1000).astype(float)
+    base = rng.binomial(words.astype(int), 0.3).astype(float)
+    new = np.maximum(0, base + rng.integers(-1, 2, 1000) + (rng.random(1000) < 0.05))
+    d = new - base
+    expected = norm.cdf(-d.sum() / math.sqrt((d ** 2).sum()))  # fewer errors is better: orient by -d
+    ours = paired_ratio_drop_pvalue(new, words, base, words, higher_is_better=False, n_perm=20000)
+    assert 0.01 < expected < 0.5 and ours == pytest.approx(expected, abs=0.02)
