@@ -313,8 +313,9 @@ def test_ratio_paired_test_over_several_memory_chunks_matches_normal_approximati
     rng = np.random.default_rng(5)
     words = rng.integers(5, 12, 1000).astype(float)
     base = rng.binomial(words.astype(int), 0.3).astype(float)
-    new = np.maximum(0, base + rng.integers(-1, 2, 1000) + (rng.random(1000) < 0.05))
+    new = np.maximum(0, base + rng.integers(-1, 2, 1000))
     d = new - base
     expected = norm.cdf(-d.sum() / math.sqrt((d ** 2).sum()))  # fewer errors is better: orient by -d
     ours = paired_ratio_drop_pvalue(new, words, base, words, higher_is_better=False, n_perm=20000)
-    assert 0.01 < expected < 0.5 and ours == pytest.approx(expected, abs=0.02)
+    # p ~ 0.33 here; counting only the last of 5 chunks would give ~0.07
+    assert 0.2 < expected < 0.5 and ours == pytest.approx(expected, abs=0.02)
