@@ -45,7 +45,9 @@ def resolve_under(root: str | os.PathLike, relative: str, what: str = "audio pat
         raise UnsafePathError(f"{what} {rel!r} is absolute; paths in data files must be relative to {root_real}")
     joined = os.path.join(root_real, rel)
     parent, name = os.path.split(joined)
-    if name in ("", ".", "..") or os.path.islink(joined):
+    if ".." in rel.replace("\\", "/").split("/") or name in ("", ".") or os.path.islink(joined):
+        # ".." is resolved by the OS after the symlinks before it ("linkdir/../x"), and "missing/../link.wav"
+        # names the link: only a full realpath judges these (a lexical normpath would get both wrong)
         full = os.path.realpath(joined)
     else:  # the file itself is no symlink: only its folder can lead elsewhere, and clips share folders
         full = os.path.join(_real_dir(parent), name)

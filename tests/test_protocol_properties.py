@@ -200,9 +200,6 @@ def test_symlink_inside_the_root_pointing_outside_is_refused(tmp_path):
     assert resolve_under(root, "ok.wav").resolve() == (root / "inner.wav").resolve()  # staying inside is fine
 
 
-@pytest.mark.xfail(strict=True, reason="evalkit/audio.py resolve_under (ef39556): os.path.islink() of "
-                   "root/missing/../link.wav is False (lstat fails on the missing folder), the folder "
-                   "realpath collapses to the root, and the returned root/link.wav is the symlink to outside")
 def test_symlink_reached_through_a_missing_folder_and_dotdot_is_refused(tmp_path):
     root, outside = tmp_path / "root", tmp_path / "outside"
     root.mkdir()
