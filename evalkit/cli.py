@@ -413,12 +413,15 @@ def check(
     except (ValueError, FileNotFoundError, KeyError) as e:
         fail(str(e))
     t = Table(title=f"check {run_dir} against {baseline}")
-    for c in ("metric", "baseline", "value", "drop", "method", "p", "verdict"):
-        t.add_column(c)
+    for c in ("metric", "group", "base", "value", "drop", "method", "p", "verdict"):
+        t.add_column(c, no_wrap=c != "method", min_width=18 if c == "method" else None)
+    t.caption = "p: the paired test's p-value, Holm-adjusted over the whole check"
+    num = lambda v, f: "" if v is None else format(v, f)
     for r in rows:
-        style = "red" if r["verdict"] == "FAIL" else "green"
-        t.add_row(r["metric"], f"{r['baseline']:.2f}", f"{r['value']:.2f}", f"{r['drop']:.2f}", r["method"],
-                  "" if r["p_value"] is None else f"{r['p_value']:.4f}", f"[{style}]{r['verdict']}[/{style}]")
+        style = {"FAIL": "red", "untested": "yellow"}.get(r["verdict"], "green")
+        method = r["method"].split(", Holm")[0]  # the adjustment is the caption
+        t.add_row(r["metric"], r.get("group") or "all", num(r.get("baseline"), ".2f"), num(r.get("value"), ".2f"),
+                  num(r.get("drop"), ".2f"), method, num(r.get("p_value"), ".4f"), f"[{style}]{r['verdict']}[/{style}]")
     out.print(t)
     if failed:
         raise typer.Exit(1)
@@ -567,14 +570,19 @@ def snr_table(run: dict[str, Any], metric: str) -> Table:
     t = Table(title=f"{run['task']['name']}: {metric} by SNR ({run['model']['name']}){synthetic}")
     for c in ("SNR (dB)", f"{metric} (%)", "95% CI", "n"):
         t.add_column(c)
+    from evalkit.results.metrics import ci_bounds
+
+    def interval(m: dict[str, Any]) -> str:
+        b = ci_bounds(m)  # None: too few samples or clusters for an interval
+        return "" if b is None else f"[{b[0]:.1f}, {b[1]:.1f}]"
+
     for k in [k for k in SNR_ORDER if k in groups] + sorted(set(groups) - set(SNR_ORDER)):
         m = groups[k].get(metric, {})
         v = m.get("value")
-        ci = m.get("ci") or [None, None]
-        t.add_row(k, "not scored" if v is None else f"{v:.1f}",
-                  "" if v is None else f"[{ci[0]:.1f}, {ci[1]:.1f}]", str(m.get("n", 0)))
+        t.add_row(k, "not scored" if v is None else f"{v:.1f}", interval(m), str(m.get("n", 0)))
     m = run["metrics"][metric]
-    t.add_row("all", f"{m['value']:.1f}", f"[{m['ci'][0]:.1f}, {m['ci'][1]:.1f}]", str(m["n"]), style="bold")
+    t.add_row("all", "not scored" if m.get("value") is None else f"{m['value']:.1f}", interval(m), str(m["n"]),
+              style="bold")
     return t
 
 
