@@ -144,3 +144,18 @@ def test_committed_baselines_validate():
         board = lb.build([run])
         jsonschema.validate(board, schema("leaderboard.schema.json"))
         assert board["rows"][0]["synthetic"] is (run["task"]["source"].get("synthetic") is True)
+
+
+def test_leaderboard_names_superseded_runs_and_flags(toy):
+    a = _run(toy)
+    b = _run(toy, seed=1)  # the same model configuration on the same task: one row, the newer run wins
+    ra, rb = lb.load_run(a.run_dir), lb.load_run(b.run_dir)
+    ra["updated"], rb["updated"] = "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00"
+    rb.setdefault("diagnostics", {})["audio_reliance"] = {"flag": True}
+    rb["long_audio"] = {"truncated": 3}
+    board = lb.build([ra, rb])
+    jsonschema.validate(board, schema("leaderboard.schema.json"))
+    row, = board["rows"]
+    assert row["run_id"] == b.run_id and row["superseded"] == [a.run_id] and board["superseded_run_ids"] == [a.run_id]
+    md = lb.render(board, "md")
+    assert f"supersedes {a.run_id}" in md and "barely depend on the audio" in md and "3 samples' audio cut" in md

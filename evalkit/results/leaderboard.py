@@ -55,6 +55,10 @@ def row(run: dict[str, Any]) -> dict[str, Any]:
         "status": run.get("status"),
         "synthetic": bool(run["task"].get("source", {}).get("synthetic", False)),
         "run_id": run["run_id"],
+        # the audio check's verdict (None: not run) and the samples cut to fit the model (None: not reported)
+        "audio_reliance_flag": (run.get("diagnostics") or {}).get("audio_reliance", {}).get("flag"),
+        "truncated_audio": (run.get("long_audio") or {}).get("truncated"),
+        "superseded": [],
     }
 
 
@@ -69,6 +73,7 @@ def build(runs: list[dict[str, Any]]) -> dict[str, Any]:
         key = (stable_hash(run["model"].get("args", {})), r["model"], r["task"])
         if key in best:
             superseded.append(best[key]["run_id"])
+            r["superseded"] = sorted([*best[key]["superseded"], best[key]["run_id"]])
         best[key] = r
     rows = sorted(best.values(), key=lambda r: (r["task"], r["model"], r["run_id"]))
     return {"schema_version": 1, "rows": rows, "superseded_run_ids": sorted(superseded)}
@@ -84,14 +89,25 @@ def _fmt_ci(ci: list | None) -> str:
     return "" if bounds is None else f"[{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
 
 
+def _notes(r: dict[str, Any]) -> str:
+    notes = []
+    if r.get("audio_reliance_flag"):
+        notes.append("audio check: answers barely depend on the audio")
+    if r.get("truncated_audio"):
+        notes.append(f"{r['truncated_audio']} samples' audio cut to fit the model")
+    if r.get("superseded"):
+        notes.append("supersedes " + ", ".join(r["superseded"]))
+    return "; ".join(notes)
+
+
 def render(board: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(board, indent=1, ensure_ascii=False) + "\n"
-    cols = ["task", "model", "metric", "value", "ci", "n", "official", "splits", "status", "run_id"]
+    cols = ["task", "model", "metric", "value", "ci", "n", "official", "splits", "status", "run_id", "notes"]
     table = [[r["task"], r["model"] + (" (synthetic data)" if r["synthetic"] else ""), r["metric"],
               _fmt(r["value"]), _fmt_ci(r["ci"]), str(r["n"]), _fmt(r["official"]),
-              " ".join(f"{k}={_fmt(v)}" for k, v in r["splits"].items()), r["status"] or "", r["run_id"]]
-             for r in board["rows"]]
+              " ".join(f"{k}={_fmt(v)}" for k, v in r["splits"].items()), r["status"] or "", r["run_id"],
+              _notes(r)] for r in board["rows"]]
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
