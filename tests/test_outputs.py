@@ -159,3 +159,13 @@ def test_leaderboard_names_superseded_runs_and_flags(toy):
     assert row["run_id"] == b.run_id and row["superseded"] == [a.run_id] and board["superseded_run_ids"] == [a.run_id]
     md = lb.render(board, "md")
     assert f"supersedes {a.run_id}" in md and "barely depend on the audio" in md and "3 samples' audio cut" in md
+
+
+def test_plot_legends_tell_runs_apart():
+    from evalkit.results.plot import legend_labels
+
+    run = lambda rid, args: {"run_id": rid, "model": {"name": "whisper", "args": args}, "task": {"name": "sseu-asr"}}
+    labels = legend_labels([run("aaaaaaaa11", {"size": "tiny.en"}), run("bbbbbbbb22", {"size": "base.en"}),
+                            run("cccccccc33", {"size": "base.en"})])
+    assert labels[0] == "whisper:tiny.en on sseu-asr"
+    assert labels[1:] == ["whisper:base.en on sseu-asr (bbbbbbbb)", "whisper:base.en on sseu-asr (cccccccc)"]

@@ -36,7 +36,7 @@ from evalkit.protocol.extract import FAILURE_STAGES
 from evalkit.results.diagnostics import extraction_diagnostics, position_bias
 from evalkit.results.leaderboard import load_run, model_label
 from evalkit.results.metrics import ci_bounds, paired_drop_pvalue
-from evalkit.results.plot import _order
+from evalkit.results.plot import group_order
 
 #: error_kind of records whose input never reached the model (the runner's INPUT_ERROR): the
 #: metrics leave them out, so the report's diagnostics do too
@@ -517,7 +517,7 @@ def _run_section(i: int, run: dict, records: list, diag: dict) -> str:
                  + "</table>")
     figs = []
     for g, cells in (run.get("groups") or {}).items():
-        keys = _order(list(cells))
+        keys = group_order(list(cells))
         if g == "snr":
             continue  # drawn as a line over SNR below
         if len(keys) > MAX_BAR_GROUPS:
@@ -531,7 +531,7 @@ def _run_section(i: int, run: dict, records: list, diag: dict) -> str:
             figs.append(bars_svg(f"{main} by {g}", items, f"{main} (%)"))
     if "snr" in (run.get("groups") or {}):
         snr = run["groups"]["snr"]
-        keys = _order(list(snr))
+        keys = group_order(list(snr))
         for metric in sorted({m for c in snr.values() for m in c}):
             figs.append(lines_svg(f"{metric} vs SNR", keys, [(model_name(run), {k: snr[k].get(metric) for k in keys})],
                                   f"{metric} (%)", "SNR (dB)"))
@@ -584,7 +584,7 @@ def _snr_overview(loaded: list[tuple[dict, list]]) -> str:
             keys += [k for k in snr if k not in keys]
     if len(series) < 2:
         return ""  # one run's curve is already in its own section
-    return lines_svg("WER vs SNR, all runs", _order(keys), series, "WER (%)", "SNR (dB)")
+    return lines_svg("WER vs SNR, all runs", group_order(keys), series, "WER (%)", "SNR (dB)")
 
 
 def _comparison_html(comparisons: list[dict[str, Any]]) -> str:
