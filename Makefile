@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo check-demo bench lint clean mutation
+.PHONY: install test demo check-demo bench lint clean mutation compat
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -43,6 +43,13 @@ mutation: $(STAMP)
 	cp -r tasks $(MUTATION_DIR)/evalkit/tasks && cp -r models $(MUTATION_DIR)/evalkit/models
 	cd $(MUTATION_DIR) && $(abspath $(VENV))/bin/mutmut run $(MUTANTS); \
 		$(abspath $(VENV))/bin/mutmut results
+
+# Compatibility (not part of `make test`): the openai adapter against llama-cpp-python's OpenAI-compatible
+# server on 127.0.0.1, once per chat format, serving SmolLM2-135M-Instruct. The server is built from its sdist
+# into its own venv (COMPAT_VENV, ~10 min on 2 cores the first time); findings in .cache/compat/findings.jsonl
+COMPAT_VENV ?= .cache/compat-venv
+compat: $(STAMP)
+	PY=$(PY) COMPAT_VENV=$(COMPAT_VENV) tests/compat/run_llama_cpp_server.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check evalkit tasks models tests bench
