@@ -54,6 +54,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from evalkit.tasks.loaders import normalized_transcript, transcript_error_parts
+
 N_BOOT = 200
 CONFIDENCE = 0.95
 
@@ -64,33 +66,14 @@ NO_BACKGROUND_SNR = "+inf"
 # ---------------------------------------------------------------- text utilities
 
 @lru_cache(maxsize=1)
-def _normalizer():
-    try:
-        from whisper_normalizer.english import EnglishTextNormalizer
-    except ImportError:
-        raise ImportError("SSEU ASR scoring needs whisper-normalizer and jiwer: pip install 'evalkit[sseu]'") from None
-    return EnglishTextNormalizer()
-
-
 def normalize_transcript(text: str | None) -> str:
-    return " ".join(_normalizer()(text or "").split())
+    """The Whisper English normalizer, whitespace collapsed: the one every transcript task uses."""
+    return normalized_transcript(text)
 
 
 def wer_parts(reference: str | None, hypothesis: str | None) -> tuple[int, int] | None:
     """(word errors, reference words) after normalization; None when the reference is empty."""
-    ref = normalize_transcript(reference)
-    if not ref:
-        return None
-    hyp = normalize_transcript(hypothesis)
-    n_ref = len(ref.split())
-    if not hyp:
-        return n_ref, n_ref
-    try:
-        import jiwer
-    except ImportError:
-        raise ImportError("SSEU ASR scoring needs jiwer: pip install 'evalkit[sseu]'") from None
-    o = jiwer.process_words(ref, hyp)
-    return int(o.substitutions + o.deletions + o.insertions), n_ref
+    return transcript_error_parts(reference, hypothesis, unit="word")
 
 
 def humanize(label: str) -> str:
