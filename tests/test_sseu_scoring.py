@@ -477,3 +477,12 @@ def test_asc_answer_after_a_preamble_line_is_read():
     assert parse("The audio description for this recording is:\nScene: home") == "home"
     assert parse("The acoustic scene is: metro station.") == "metro station"
     assert parse("I cannot tell") == ""
+
+
+def test_one_cluster_reports_no_interval():
+    """One clip cannot be resampled: WER, mACC and mAP report no interval instead of a zero-width one."""
+    assert S.wer_metric([1, 2], [4, 4], ["c", "c"])["ci"] == [None, None]
+    assert S.macc_metric([0, 1], [0, 1], ["c", "c"])["ci"] == [None, None]
+    assert S.map_metric([[1, 0], [0, 1]], [[0.9, 0.1], [0.2, 0.8]], ["c", "c"])["ci"] == [None, None]
+    two = S.wer_metric([1, 2], [4, 4], ["a", "b"])["ci"]
+    assert two[0] is not None and two[0] <= 37.5 <= two[1]

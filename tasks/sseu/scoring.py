@@ -312,13 +312,15 @@ def label_scores_matrix(score_dicts: Sequence[dict[str, float] | None], classes:
 # ---------------------------------------------------------------- metrics + bootstrap
 
 def bootstrap_weights(clusters: Sequence[str], n_boot: int = N_BOOT, seed: int = 0):
-    """[n_boot, n] per-sample weights of a cluster bootstrap (multinomial cluster counts)."""
+    """[n_boot, n] per-sample weights of a cluster bootstrap (multinomial cluster counts); None with fewer
+    than two clusters: one cluster cannot be resampled, so such a metric reports no interval (as
+    evalkit.results.metrics does) instead of a zero-width one."""
     import numpy as np
 
     _, cid = np.unique(np.asarray([str(c) for c in clusters], dtype=object), return_inverse=True)
     m = int(cid.max()) + 1 if len(cid) else 0
-    if m == 0:
-        return np.zeros((n_boot, 0))
+    if m < 2:
+        return None
     rng = np.random.default_rng(seed)
     wc = rng.multinomial(m, np.full(m, 1.0 / m), size=n_boot).astype(np.float64)
     return wc[:, cid]
@@ -346,9 +348,12 @@ def wer_metric(errors: Sequence[float], words: Sequence[float], clusters: Sequen
         return {"value": None, "ci": [None, None], "n": 0, "higher_is_better": False}
     value = float(e.sum() / w.sum())
     W = bootstrap_weights(clusters, n_boot, seed)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = (W @ e) / (W @ w)
-    return {"value": round(value * 100, 4), "ci": _ci(boot, value), "n": int(e.size),
+    if W is None:
+        ci = [None, None]
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ci = _ci((W @ e) / (W @ w), value)
+    return {"value": round(value * 100, 4), "ci": ci, "n": int(e.size),
             "total_errors": int(e.sum()), "total_words": int(w.sum()), "higher_is_better": False}
 
 
@@ -376,8 +381,9 @@ def macc_metric(y_true, y_pred, clusters, n_boot: int = N_BOOT, seed: int = 0) -
     if len(y_true) == 0:
         return {"value": None, "ci": [None, None], "n": 0, "higher_is_better": True}
     value = float(macc(y_true, y_pred)[0])
-    boot = macc(y_true, y_pred, bootstrap_weights(clusters, n_boot, seed))
-    return {"value": round(value * 100, 4), "ci": _ci(boot, value), "n": len(y_true),
+    W = bootstrap_weights(clusters, n_boot, seed)
+    ci = [None, None] if W is None else _ci(macc(y_true, y_pred, W), value)
+    return {"value": round(value * 100, 4), "ci": ci, "n": len(y_true),
             "classes": int(len(np.unique(np.asarray(y_true)))), "higher_is_better": True}
 
 
@@ -418,8 +424,11 @@ def map_metric(Y, S, clusters, n_boot: int = N_BOOT, seed: int = 0) -> dict[str,
 
     value = float(average_precision_score(Y[:, keep], S[:, keep], average="macro"))
     W = bootstrap_weights(clusters, n_boot, seed)
-    aps = np.stack([weighted_ap(Y[:, k], S[:, k], W) for k in np.nonzero(keep)[0]], axis=1)
-    with np.errstate(invalid="ignore"):
-        boot = np.nanmean(aps, axis=1) if aps.size else np.array([])
-    return {"value": round(value * 100, 4), "ci": _ci(boot, value), "n": int(Y.shape[0]),
+    if W is None:
+        ci = [None, None]
+    else:
+        aps = np.stack([weighted_ap(Y[:, k], S[:, k], W) for k in np.nonzero(keep)[0]], axis=1)
+        with np.errstate(invalid="ignore"):
+            ci = _ci(np.nanmean(aps, axis=1) if aps.size else np.array([]), value)
+    return {"value": round(value * 100, 4), "ci": ci, "n": int(Y.shape[0]),
             "classes": int(keep.sum()), "higher_is_better": True}
