@@ -48,6 +48,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "cascade": "evalkit.models.cascade:Cascade",
     "tagger": "evalkit.models.tagger:Tagger",
     "eva": "evalkit.models.eva:EvA",
+    "desta2.5": "evalkit.models.desta:DeSTA25Audio",
 }
 
 

@@ -1,0 +1,217 @@
+"""The DeSTA2.5-Audio adapter (`desta2.5`) on a tiny random release built locally.
+
+The tiny release mirrors the real one's layout: a folder with config.json (llm_model_id / encoder_model_id
+pointing at local folders, prompt_size, qformer layers, target_layer_ids) and model.safetensors holding
+only `perception.connector.*`; a tiny stock Llama (byte-level tokenizer, Llama-3-style template) and a
+tiny stock Whisper in their own folders. Everything loads through the adapter's real `-M path=` code.
+Whisper ASR (`whisper.generate`) and silero VAD are replaced by stand-ins (a tiny Whisper has no usable
+decoder config): they are untested here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from evalkit.models import desta
+from evalkit.models.desta import DeSTA25Audio, render_user_text, splice_audio_slots
+from evalkit.models.hf_common import HFLoadError
+from evalkit.types import AudioRef, GenerationConfig, Request
+
+SR = 16000
+PROMPT = 4
+SPECIAL = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
+           "<|reserved_special_token_87|>"]
+TEMPLATE = ("{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + "
+            "'<|end_header_id|>\n\n' + m['content'] + '<|eot_id|>' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+
+
+def build_tiny_release(root: Path, seed: int = 0) -> Path:
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
+
+    vocab = {t: i for i, t in enumerate(SPECIAL)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens(SPECIAL)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+    tok.chat_template = TEMPLATE
+    torch.manual_seed(seed)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab) + 8, hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                       max_position_embeddings=2048, eos_token_id=vocab["<|eot_id|>"]))
+    (root / "llm").mkdir(parents=True)
+    llm.save_pretrained(root / "llm")
+    tok.save_pretrained(root / "llm")
+    wh = WhisperForConditionalGeneration(WhisperConfig(
+        vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80,
+        max_source_positions=1500, max_target_positions=64))
+    wh.save_pretrained(root / "whisper")
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(root / "whisper")
+    cfg = {"model_type": "desta25", "llm_model_id": str(root / "llm"), "encoder_model_id": str(root / "whisper"),
+           "connector_mode": "qformer_1", "qformer_num_hidden_layers": 1, "prompt_size": PROMPT,
+           "target_layer_ids": [0, 1], "audio_locator": "<|AUDIO|>",
+           "placeholder_token": "<|reserved_special_token_87|>"}
+    (root / "desta").mkdir()
+    (root / "desta" / "config.json").write_text(json.dumps(cfg))
+    con = desta._build_connector(torch, cfg, 16, 2, 32, 2)
+    for p in con.parameters():  # trained-looking values, so a connector left at zeros would show
+        torch.nn.init.normal_(p, std=0.5)
+    save_file({f"perception.connector.{k}": v.contiguous() for k, v in con.state_dict().items()},
+              str(root / "desta" / "model.safetensors"))
+    return root / "desta"
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    return build_tiny_release(tmp_path_factory.mktemp("desta"))
+
+
+def fixed_transcripts(self, clips, feats):  # stand-in for Whisper ASR (untested: tiny Whisper cannot decode)
+    return ["hi" if float(np.abs(x).max()) > 0.2 else " " for x in clips]
+
+
+@pytest.fixture(scope="module")
+def adapter(release):
+    mp = pytest.MonkeyPatch()
+    mp.setattr(DeSTA25Audio, "_transcripts", fixed_transcripts)
+    m = DeSTA25Audio.from_args({"path": str(release), "transcription": "asr", "device": "cpu", "dtype": "float32"})
+    m._load()
+    yield m
+    mp.undo()
+
+
+def tone(hz: float) -> np.ndarray:
+    return (0.1 * np.sin(2 * np.pi * hz * np.arange(SR) / SR)).astype(np.float32)
+
+
+def clip(seed: int, amp: float = 0.1) -> np.ndarray:
+    return (amp * np.random.default_rng(seed).standard_normal(SR)).astype(np.float32)
+
+
+def request(key, text, *clips, max_new_tokens=4):
+    content = [{"type": "audio", "audio": AudioRef(array=c, sample_rate=SR)} for c in clips]
+    content.append({"type": "text", "text": text})
+    return Request(key=key, messages=[{"role": "user", "content": content}],
+                   generation=GenerationConfig(max_new_tokens=max_new_tokens))
+
+
+def test_render_and_splice_by_hand():
+    parts = [{"type": "audio"}, {"type": "text", "text": "Q?"}]
+    assert render_user_text(parts, "<A>") == ("<A>\nQ?", 1)
+    assert render_user_text([{"type": "text", "text": "x"}, {"type": "audio"}], "<A>") == ("x<A>", 1)
+    ids, starts = splice_audio_slots([1, 9, 2, 9, 3], 9, [2, 3], 0)
+    assert ids == [1, 0, 0, 2, 0, 0, 0, 3] and starts == [1, 4]
+    with pytest.raises(ValueError, match="2 audio locators for 1 audios"):
+        splice_audio_slots([9, 9], 9, [1], 0)
+
+
+def test_prompt_layout_matches_the_release(adapter):
+    conv, clips = adapter.conversation(request("a", "What is it?", clip(0)))
+    assert conv == [{"role": "system", "content": "Focus on the audio clips and instructions."},
+                    {"role": "user", "content": "<|AUDIO|>\nWhat is it?"}] and len(clips) == 1
+    ids, starts = adapter.prompt_ids(conv, [PROMPT + 2])
+    tok = adapter.tok
+    expected_text = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nFocus on the audio clips and "
+                     "instructions.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n<start_audio>")
+    head = tok(expected_text, add_special_tokens=False)["input_ids"]
+    assert ids[:len(head)] == head and starts == [len(head)]
+    assert ids[len(head):len(head) + PROMPT + 2] == [adapter.placeholder_id] * (PROMPT + 2)
+    tail = tok("<end_audio>\nWhat is it?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+               add_special_tokens=False)["input_ids"]
+    assert ids[len(head) + PROMPT + 2:] == tail
+
+
+def first_logits(m, req):
+    """Next-token logits the LLM sees for `req` (hooks the LLM's forward on the embeddings the adapter builds)."""
+    seen = []
+    h = m.llm.register_forward_hook(lambda mod, a, kw, out: seen.append(out.logits[:, -1].clone()), with_kwargs=True)
+    try:
+        r = m.generate([req])[0]
+    finally:
+        h.remove()
+    assert r.error is None, r.error
+    return seen[0][0]
+
+
+def test_audio_and_transcription_reach_the_llm(adapter, monkeypatch):
+    a, b = first_logits(adapter, request("a", "Q", tone(300))), first_logits(adapter, request("b", "Q", clip(2)))
+    assert (a - b).abs().max() > 1e-4  # two clips, same text: different logits
+    # the connector output is what carries the clip: zero it and the two clips become identical
+    monkeypatch.setattr(DeSTA25Audio, "connector_outputs",
+                        lambda self, f: torch.zeros(f.shape[0], PROMPT, 32))
+    a0, b0 = first_logits(adapter, request("a", "Q", tone(300))), first_logits(adapter, request("b", "Q", tone(500)))
+    assert torch.allclose(a0, b0)  # same (blank) transcript, zeroed connector: nothing else carries the clip
+    c0 = first_logits(adapter, request("c", "Q", clip(2)))  # stand-in transcript "hi" is spliced into the slot
+    assert (a0 - c0).abs().max() > 1e-4
+
+
+def test_batch_equals_single_and_info(adapter):
+    reqs = [request("a", "Q", clip(3)), request("b", "a longer question here", clip(4), clip(5, amp=0.5)),
+            request("c", "text only")]
+    batch = adapter.generate(reqs)
+    single = [adapter.generate([r])[0] for r in reqs]
+    assert [r.error for r in batch] == [None] * 3
+    assert [r.text for r in batch] == [r.text for r in single]
+    assert batch[1].extra["audio_seconds_fed"] == 2.0 and "audio_seconds_fed" not in batch[2].extra
+    info = adapter.info()
+    assert info["revision_note"].startswith("NOT PINNED") and info["prompt_size"] == PROMPT
+    assert info["generation"]["do_sample"] is False
+
+
+def test_connector_weights_must_all_be_present(release, tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    bad = tmp_path / "bad"
+    shutil.copytree(release, bad)
+    w = load_file(str(release / "model.safetensors"))
+    w.pop(next(k for k in w if "layer_weights" in k))
+    save_file(w, str(bad / "model.safetensors"))
+    m = DeSTA25Audio.from_args({"path": str(bad), "transcription": "asr", "device": "cpu"})
+    with pytest.raises(HFLoadError, match="missing.*layer_weights"):
+        m.generate([request("a", "Q", clip(0))])
+
+
+def test_offline_error_names_hub_id_revision_and_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    m = DeSTA25Audio.from_args({"transcription": "asr", "revision": "abc123"})
+    with pytest.raises(HFLoadError) as e:
+        m.generate([request("x", "hi")])
+    msg = str(e.value)
+    assert "DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B" in msg and "abc123" in msg and "-M path=DIR" in msg
+
+
+def test_vad_mode_names_the_package_when_missing(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_silero(name, *a, **k):
+        if name == "silero_vad":
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_silero)
+    with pytest.raises(HFLoadError, match="pip install silero-vad.*-M transcription=asr"):
+        DeSTA25Audio.preflight(DeSTA25Audio.Config())
