@@ -164,6 +164,30 @@ def test_audio_and_transcription_reach_the_llm(adapter, monkeypatch):
     assert (a0 - c0).abs().max() > 1e-4
 
 
+def test_slot_holds_connector_vectors_then_transcript_embeddings(adapter, monkeypatch):
+    """The embeddings the LLM is given: at the audio slot, the connector's prompt_size vectors, then the
+    LLM embeddings of the transcript; every other position the embedding of its prompt token."""
+    monkeypatch.setattr(DeSTA25Audio, "connector_outputs", lambda self, f: torch.full((f.shape[0], PROMPT, 32), 7.0))
+    seen = []
+    h = adapter.llm.register_forward_pre_hook(lambda mod, a, kw: seen.append(kw.get("inputs_embeds")),
+                                              with_kwargs=True)
+    try:
+        req = request("a", "Q", clip(2))  # stand-in transcript "hi"
+        assert adapter.generate([req])[0].error is None
+    finally:
+        h.remove()
+    got = seen[0][0]
+    conv, _ = adapter.conversation(req)
+    hi = adapter.tok("hi", add_special_tokens=False)["input_ids"]
+    ids, (start,) = adapter.prompt_ids(conv, [PROMPT + len(hi)])
+    emb = adapter.llm.get_input_embeddings().weight.detach()
+    assert got.shape[0] == len(ids)
+    assert torch.all(got[start:start + PROMPT] == 7.0)
+    assert torch.equal(got[start + PROMPT:start + PROMPT + len(hi)], emb[hi])
+    rest = [i for i in range(len(ids)) if not start <= i < start + PROMPT + len(hi)]
+    assert torch.equal(got[rest], emb[[ids[i] for i in rest]])
+
+
 def test_batch_equals_single_and_info(adapter):
     reqs = [request("a", "Q", clip(3)), request("b", "a longer question here", clip(4), clip(5, amp=0.5)),
             request("c", "text only")]
