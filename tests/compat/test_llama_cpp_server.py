@@ -84,6 +84,11 @@ def _prompt_tokens(record: dict) -> int | None:
     return usage.get("prompt_tokens")
 
 
+def _prompt_words(record: dict) -> int:
+    """Whitespace-separated words in the text parts of a record's rendered messages."""
+    return sum(len(part["text"].split()) for m in record["prompt"] for part in m["content"] if part["type"] == "text")
+
+
 def _report(server: dict, finding: dict) -> None:
     finding = {"server": server["label"], "model": server["model"], **finding}
     print(json.dumps(finding))
@@ -109,8 +114,9 @@ def test_default_content_reaches_the_server_and_is_answered(server, tmp_path):
     for r in records:
         tokens = _prompt_tokens(r)
         assert tokens is not None, f"{r['sample_id']}: the server reported no usage.prompt_tokens"
-        assert tokens >= server["empty_prompt_tokens"] + len(r["prompt"].split()), (
-            f"{r['sample_id']}: {tokens} prompt tokens for a {len(r['prompt'].split())}-word prompt "
+        words = _prompt_words(r)
+        assert words > 0 and tokens >= server["empty_prompt_tokens"] + words, (
+            f"{r['sample_id']}: {tokens} prompt tokens for a {words}-word prompt "
             f"(an empty message costs {server['empty_prompt_tokens']}): the content did not reach the model")
     assert run["model"]["info"]["content_format"] == "auto"
     extracted = sum(r["extracted"] is not None for r in records)
