@@ -376,6 +376,54 @@ def build_hf(request, b: Built) -> None:
     b.bad = {"input": b.missing_clip}
 
 
+# ---- desta2.5 (tiny release: stock Whisper + BertEncoder connector + Llama) ----------------------
+def build_desta(request, b: Built) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from test_desta import build_tiny_release, fixed_transcripts
+
+    from evalkit.models.desta import DeSTA25Audio
+
+    d = build_tiny_release(b.tmp / "tiny_desta")
+    mp = pytest.MonkeyPatch()  # Whisper ASR stand-in: a tiny random Whisper cannot decode (see test_desta.py)
+    mp.setattr(DeSTA25Audio, "_transcripts", fixed_transcripts)
+    b.cleanup.append(mp.undo)
+    _file_clips(b, request)
+    m = b.model = DeSTA25Audio.from_args({"path": str(d), "transcription": "asr", "dtype": "float32",
+                                         "device": "cpu", "batch_size": 2})
+    m._load()
+
+    def observe(model, req):
+        seen, vecs, logits = [], [], []
+        h1 = m.whisper.model.encoder.conv1.register_forward_hook(lambda mod, a, out: seen.append(fp(a[0])))
+        h2 = m.connector.proj.register_forward_hook(lambda mod, a, out: vecs.append(fp(out)))
+        def head_hook(mod, a, out):  # returns None: a hook's return value would replace the logits
+            if not logits:
+                logits.append(fp(out[:, -1]))
+
+        h3 = m.llm.lm_head.register_forward_hook(head_hook)
+        try:
+            resp = model.generate([req])[0]
+        finally:
+            h1.remove()
+            h2.remove()
+            h3.remove()
+        return resp, (tuple(seen), tuple(vecs), logits[0] if logits else None)
+
+    b.observe = observe
+    b.witness = ("mel features reaching Whisper", "connector outputs", "first next-token logits")
+
+    def empty():
+        h = force_tokens(m.llm.lm_head, [m.tok.eos_token_id])
+        try:
+            return m.generate([b.request("empty-a", 1), b.request("empty-t", 2, audio=False)])
+        finally:
+            h.remove()
+
+    b.empty = empty
+    b.bad = {"input": b.missing_clip}
+
+
 # ---- text (hf backend, tiny Qwen2) ---------------------------------------------------------------
 def build_text(request, b: Built) -> None:
     pytest.importorskip("torch")
@@ -569,6 +617,7 @@ CASES: dict[str, Case] = {c.name: c for c in [
         "audio_probe": "predictions never reads audio (needs_audio=False): it returns the file's answer for the key",
         "prompt_probe": "predictions returns the file's content for the key, whatever the prompt"}),
     Case("hf", build_hf),
+    Case("desta2.5", build_desta),
     Case("text", build_text, audio=False),
     Case("cascade", build_cascade),
     Case("whisper", build_whisper, text_only_ok=False, reads_prompt=False,

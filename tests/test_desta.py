@@ -56,7 +56,8 @@ def build_tiny_release(root: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab) + 8, hidden_size=32, intermediate_size=64,
                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                       max_position_embeddings=2048, eos_token_id=vocab["<|eot_id|>"]))
+                                       max_position_embeddings=2048, eos_token_id=vocab["<|eot_id|>"],
+                                       initializer_range=0.5))  # large: the slot contents move the logits
     (root / "llm").mkdir(parents=True)
     llm.save_pretrained(root / "llm")
     tok.save_pretrained(root / "llm")
