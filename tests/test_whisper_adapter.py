@@ -244,3 +244,33 @@ def test_cascade_with_whisper_captioner_on_a_long_clip(tmp_path):
     heard = words_of(r.extra["caption"]) & tail_only
     assert len(heard) >= 0.8 * len(tail_only), (sorted(tail_only - heard), r.extra["caption"])
     assert r.text.startswith("LLM saw: Audio description: ") and r.extra["caption"] in r.text
+
+
+# ------------------------------------------------------------------------------------ compute settings
+def test_info_records_the_backend_compute_settings(monkeypatch):
+    """run.json says how CTranslate2 computed: the compute type it actually used (int8 on a CPU runs as
+    int8_float32, ctranslate2's own substitution), the backend variables set in the environment and the
+    kernel ISA it dispatched to, read from its log in a fresh interpreter under the same environment."""
+    import json
+    import os
+    from importlib.metadata import version
+
+    from evalkit.models.whisper_asr import BACKEND_ENV_PREFIXES
+
+    for name in [n for n in os.environ if n.startswith(BACKEND_ENV_PREFIXES)]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CT2_FORCE_CPU_ISA", "GENERIC")  # read by the dispatch probe's fresh interpreter
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    monkeypatch.setenv("HF_TOKEN", "not-a-backend-setting")
+    model = WhisperASR.from_args({"compute_type": "int8"})
+    before = model.info()["compute"]  # nothing loaded yet: no claim about what was used
+    assert before["compute_type_requested"] == "int8" and "compute_type" not in before
+    assert before["ctranslate2"] == version("ctranslate2")
+    assert before["env"] == {"CT2_FORCE_CPU_ISA": "GENERIC", "MKL_CBWR": "COMPATIBLE"}
+    model._load()
+    compute = model.info()["compute"]
+    assert compute["device"] == "cpu" and compute["compute_type"] == "int8_float32"
+    assert compute["cpu_dispatch"]["isa"] == "GENERIC", compute
+    assert compute["cpu_dispatch"]["compute_type"] == "int8_float32"
+    assert "int8" in compute["supported_compute_types_cpu"]
+    json.dumps(compute)  # run.json
