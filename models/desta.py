@@ -28,9 +28,11 @@ transformers classes, rebuilt here:
 Revisions: NOT PINNED (no verified sha for any of the three repos was available offline): pin with
 `-M revision=` / `-M llm_revision=` / `-M encoder_revision=` before publishing results.
 
-Untested here: the real 8B checkpoint (no weights offline), and the VAD branch with the real silero model
-(tested with a stand-in VAD). The tiny-model tests run the real loading code (config.json + safetensors
-+ stock Whisper/Llama/BertEncoder from local folders) and check the prompt layout by hand.
+Tested on a tiny random release (tests/test_desta.py, contract suite case `desta2.5`): the real loading code
+(config.json + model.safetensors + stock Whisper/WhisperProcessor/Llama/BertEncoder from local folders), the
+prompt layout by hand, the slot contents, Whisper ASR and the VAD rule (with a stand-in VAD predicate).
+Untested: the real 8B checkpoint (no weights offline; numbers against the release's own `desta` package
+not compared), the real silero VAD model, and bf16 on GPU.
 """
 from __future__ import annotations
 

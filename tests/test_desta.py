@@ -4,8 +4,9 @@ The tiny release mirrors the real one's layout: a folder with config.json (llm_m
 pointing at local folders, prompt_size, qformer layers, target_layer_ids) and model.safetensors holding
 only `perception.connector.*`; a tiny stock Llama (byte-level tokenizer, Llama-3-style template) and a
 tiny stock Whisper in their own folders. Everything loads through the adapter's real `-M path=` code.
-Whisper ASR (`whisper.generate`) and silero VAD are replaced by stand-ins (a tiny Whisper has no usable
-decoder config): they are untested here.
+Most tests replace Whisper ASR by a stand-in transcript (fast, deterministic); test_real_whisper_asr runs
+the tiny Whisper's own generate + WhisperProcessor decode. silero VAD is replaced by a stand-in predicate
+(the real silero model is untested here).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from evalkit.types import AudioRef, GenerationConfig, Request
 
 SR = 16000
 PROMPT = 4
+REAL_TRANSCRIPTS = DeSTA25Audio._transcripts  # kept before the module fixture swaps in the stand-in
 SPECIAL = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
            "<|reserved_special_token_87|>"]
 TEMPLATE = ("{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + "
@@ -42,6 +44,8 @@ def build_tiny_release(root: Path, seed: int = 0) -> Path:
         WhisperConfig,
         WhisperFeatureExtractor,
         WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizerFast,
     )
 
     vocab = {t: i for i, t in enumerate(SPECIAL)}
@@ -66,7 +70,17 @@ def build_tiny_release(root: Path, seed: int = 0) -> Path:
         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80,
         max_source_positions=1500, max_target_positions=64))
     wh.save_pretrained(root / "whisper")
-    WhisperFeatureExtractor(feature_size=80).save_pretrained(root / "whisper")
+    wsp = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]  # ids 0..2 = pad/eos, start, -
+    wv = {t: i for i, t in enumerate(wsp)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet())[:61]:
+        wv[ch] = len(wv)
+    wtk = Tokenizer(models.BPE(vocab=wv, merges=[]))
+    wtk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    wtk.decoder = decoders.ByteLevel()
+    wtk.add_special_tokens(wsp)
+    wtok = WhisperTokenizerFast(tokenizer_object=wtk, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    WhisperProcessor(WhisperFeatureExtractor(feature_size=80), wtok).save_pretrained(root / "whisper")
     cfg = {"model_type": "desta25", "llm_model_id": str(root / "llm"), "encoder_model_id": str(root / "whisper"),
            "connector_mode": "qformer_1", "qformer_num_hidden_layers": 1, "prompt_size": PROMPT,
            "target_layer_ids": [0, 1], "audio_locator": "<|AUDIO|>",
@@ -240,3 +254,26 @@ def test_vad_mode_names_the_package_when_missing(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_silero)
     with pytest.raises(HFLoadError, match="pip install silero-vad.*-M transcription=asr"):
         DeSTA25Audio.preflight(DeSTA25Audio.Config())
+
+
+def test_real_whisper_asr_and_vad_rule(release, monkeypatch):
+    """Unpatched ASR: the tiny Whisper transcribes each clip (checked against transformers' own generate +
+    decode on the same features); a clip the VAD hears no speech in gets " " and is not transcribed."""
+    monkeypatch.setattr(DeSTA25Audio, "_transcripts", REAL_TRANSCRIPTS)
+    m = DeSTA25Audio.from_args({"path": str(release), "transcription": "asr", "device": "cpu", "dtype": "float32",
+                                "asr_max_new_tokens": 6})
+    m._load()
+    clips = [tone(300), clip(2)]
+    feats = m._features(clips)
+    ref = m.processor.batch_decode(m.whisper.generate(input_features=feats, max_new_tokens=6),
+                                   skip_special_tokens=True)
+    got = m._transcripts(clips, feats)
+    assert got == [t.strip() for t in ref] and all(got)
+    assert m.generate([request("a", "Q", clips[0])])[0].error is None
+    m.config = m.config.model_copy(update={"transcription": "vad"})
+    m._vad = lambda x: [{"start": 0, "end": 10}] if float(x.abs().max()) > 0.2 else []  # stand-in VAD
+    calls = []
+    real_generate = m.whisper.generate
+    monkeypatch.setattr(m.whisper, "generate", lambda **kw: calls.append(kw["input_features"].shape[0])
+                        or real_generate(**kw))
+    assert m._transcripts(clips, feats) == [" ", got[1]] and calls == [1]
