@@ -79,6 +79,8 @@ class DestaConfig(HFLoadOptions):
     #: asr: transcribe every clip (no VAD package needed; differs from the release on non-speech audio)
     transcription: Literal["vad", "asr"] = "vad"
     asr_max_new_tokens: int = Field(128, ge=1)
+    #: Whisper + connector precision: float32 as the release runs them; "same" uses -M dtype (the LLM's)
+    audio_dtype: Literal["float32", "same"] = "float32"
 
 
 def render_user_text(parts: list[dict[str, Any]], locator: str) -> tuple[str, int]:
@@ -215,7 +217,9 @@ class DeSTA25Audio(Model):
         self.desta_config = cfg = load_pretrained(_ConfigFile, src, what="config.json", **common)
         weights = load_pretrained(_SafetensorsFile, src, what="connector weights (model.safetensors)", **common)
         self._device = resolve_device(c.device)
-        self._dtype = resolve_dtype(c.dtype, self._device)
+        self._dtype = resolve_dtype(c.dtype, self._device)  # the LLM's
+        # the release loads only the LLM in bfloat16 and keeps Whisper and the connector in float32
+        self._audio_dtype = torch.float32 if c.audio_dtype == "float32" else self._dtype
         llm_id, enc_id = cfg.get("llm_model_id"), cfg.get("encoder_model_id")
         if not llm_id or not enc_id:
             raise HFLoadError(f"{src}/config.json names no llm_model_id / encoder_model_id; not a DeSTA2.5 config")
@@ -228,7 +232,7 @@ class DeSTA25Audio(Model):
         tok = load_pretrained(transformers.AutoTokenizer, llm_src, what="LLM tokenizer", **llm_common)
         llm = load_pretrained(transformers.AutoModelForCausalLM, llm_src, what="LLM", dtype=self._dtype, **llm_common)
         whisper = load_pretrained(transformers.WhisperForConditionalGeneration, enc_src, what="Whisper encoder",
-                                  dtype=self._dtype, **enc_common)
+                                  dtype=self._audio_dtype, **enc_common)
         proc = load_pretrained(transformers.AutoProcessor, enc_src, what="Whisper processor", **enc_common)
         wc = whisper.config
         connector = _build_connector(torch, cfg, wc.d_model, wc.encoder_attention_heads,
@@ -249,8 +253,9 @@ class DeSTA25Audio(Model):
         self.locator_id = tok.convert_tokens_to_ids(self.locator)
         self.placeholder_id = tok.convert_tokens_to_ids(placeholder)
         tok.pad_token, tok.padding_side = tok.eos_token, "left"
-        for m in (llm, whisper, connector):
-            m.to(device=self._device, dtype=self._dtype).eval()
+        llm.to(device=self._device, dtype=self._dtype).eval()
+        for m in (whisper, connector):
+            m.to(device=self._device, dtype=self._audio_dtype).eval()
         self.tok, self.llm, self.whisper, self.processor, self.connector = tok, llm, whisper, proc, connector
         self.llm_commit = getattr(llm.config, "_commit_hash", None)
         self.encoder_commit = getattr(wc, "_commit_hash", None)
@@ -261,7 +266,7 @@ class DeSTA25Audio(Model):
     # ------------------------------------------------------------------ audio
     def _features(self, clips: list) -> Any:
         feats = self.processor.feature_extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-        return feats.to(device=self._device, dtype=self._dtype)
+        return feats.to(device=self._device, dtype=self._audio_dtype)
 
     def connector_outputs(self, feats):
         """(n_clips, prompt_size, llm_hidden): the Q-Former outputs over the target Whisper layers."""
@@ -334,7 +339,7 @@ class DeSTA25Audio(Model):
                 ids, starts = self.prompt_ids(conv, sizes)
                 e = embed(torch.tensor(ids, device=self._device))
                 for j, (s, t) in enumerate(zip(starts, trans_ids)):
-                    slot = [audio_vecs[k + j]]
+                    slot = [audio_vecs[k + j].to(e.dtype)]
                     if t:
                         slot.append(embed(torch.tensor(t, device=self._device)))
                     slot = torch.cat(slot, dim=0)
@@ -396,7 +401,8 @@ class DeSTA25Audio(Model):
             "backend": "transformers (DeSTA2.5 rebuilt from stock classes)", "transformers": transformers_version(),
             "model": HUB_ID, "path": c.path, "revision": c.revision or REVISION,
             "llm_revision": c.llm_revision, "encoder_revision": c.encoder_revision,
-            "dtype": dtype_name(self._dtype) if self._loaded else c.dtype, "transcription": c.transcription,
+            "dtype": dtype_name(self._dtype) if self._loaded else c.dtype, "audio_dtype": c.audio_dtype,
+            "transcription": c.transcription,
             "system_prompt": c.system_prompt or DEFAULT_SYSTEM_PROMPT,
             "long_audio": {"policy": "truncate: Whisper's 30 s window (extra.audio_seconds_fed)", "window_s": WINDOW_S},
         }

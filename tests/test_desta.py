@@ -277,3 +277,15 @@ def test_real_whisper_asr_and_vad_rule(release, monkeypatch):
     monkeypatch.setattr(m.whisper, "generate", lambda **kw: calls.append(kw["input_features"].shape[0])
                         or real_generate(**kw))
     assert m._transcripts(clips, feats) == [" ", got[1]] and calls == [1]
+
+
+def test_precision_follows_the_release(release):
+    """The release runs only the LLM in bfloat16; Whisper and the connector stay float32."""
+    m = DeSTA25Audio.from_args({"path": str(release), "transcription": "asr", "device": "cpu", "dtype": "bfloat16",
+                                "asr_max_new_tokens": 4})
+    m._load()
+    assert next(m.llm.parameters()).dtype == torch.bfloat16
+    assert {p.dtype for p in m.whisper.parameters()} | {p.dtype for p in m.connector.parameters()} == {torch.float32}
+    r = m.generate([request("a", "Q", clip(2))])[0]
+    assert r.error is None, r.error
+    assert m.info()["audio_dtype"] == "float32"
