@@ -19,7 +19,8 @@ backends ctranslate2 dispatched to). With the default compute_type=int8 the tran
 depend on the CPU: ctranslate2 picks its kernels by ISA (GENERIC/AVX/AVX2/AVX512, CT2_FORCE_CPU_ISA)
 and its GEMMs from Intel MKL (Intel CPUs) or oneDNN (others, CT2_USE_MKL), and int8 rounding differs
 between them (on the 84 demo clips, one AMX Xeon: 14 transcripts differ between AVX2 and AVX512, 12
-between AVX2 and GENERIC; WER 53.9 / 55.0 / 54.1%). compute_type=float32 gave the same 84 transcripts
+between AVX2 and GENERIC; WER 53.9 / 55.0 / 54.1%; int8 on oneDNN with AVX2 kernels, CT2_USE_MKL=0,
+reproduces an AMD EPYC's figures exactly: 18.1 / 24.5 / 40.4 / 56.4 / 93.6 / 87.2). compute_type=float32 gave the same 84 transcripts
 under GENERIC, AVX2 and AVX512 kernels, MKL and oneDNN GEMMs and MKL_CBWR=COMPATIBLE (MKL's SSE2 code
 path), so `evalkit demo` uses it (tests/test_demo_reproducible.py). It is no slower here.
 

@@ -6,7 +6,8 @@ CT2_FORCE_CPU_ISA, which it reads once per process: each setting runs in its own
 clips are ones where the adapter's default int8 gives different words under different ISAs (measured
 on the full demo set: 14 of 84 transcripts differ between AVX2 and AVX512, 12 between AVX2 and
 GENERIC), so the control below proves the forced ISA takes effect and the clips are sensitive; under
-the demo's compute type every ISA must give the same text, character for character."""
+the demo's compute type every ISA, and oneDNN in place of MKL (CTranslate2's GEMM backend on AMD CPUs),
+must give the same text, character for character."""
 from __future__ import annotations
 
 import json
