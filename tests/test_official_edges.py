@@ -461,19 +461,11 @@ MMAU_EDGE_OUTPUTS = [
 
 
 def _mmau_records(task, samples, mode):
-    recs = []
-    for i, p in enumerate(present(samples, mode, 5)):
-        r = {"key": p.key, "sample_id": p.sample.id, "rotation": p.rotation, "choices": p.choices,
-             "permutation": p.permutation, "gold": p.gold, "answer": p.choices[p.gold],
-             "metadata": p.sample.metadata, "cluster": p.sample.cluster(), "output": None, "error": None}
-        out = MMAU_EDGE_OUTPUTS[i % len(MMAU_EDGE_OUTPUTS)](r)
-        if isinstance(out, Exception):
-            r["error"] = str(out)
-        else:
-            r["output"] = out
-        r.update(task.score(r))
-        recs.append(r)
-    return recs
+    """test_tasks.make_records with the edge outputs taken in turn, record by record."""
+    from test_tasks import make_records
+
+    turn = iter(range(1 << 30))
+    return make_records(task, samples, lambda r: MMAU_EDGE_OUTPUTS[next(turn) % len(MMAU_EDGE_OUTPUTS)](r), mode, 5)
 
 
 def test_mmau_official_matches_upstream_on_its_exported_file(tmp_path):
