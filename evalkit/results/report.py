@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from evalkit.engine.fingerprint import sha256_file
 from evalkit.engine.runner import long_audio_summary
 from evalkit.engine.store import latest_by_key, read_records
 from evalkit.protocol.circular import collapse_rotations
@@ -359,19 +360,9 @@ class _Clips:
         for base in bases:
             for tail in tails:
                 candidate = base / tail
-                if candidate.is_file() and _sha256(candidate) == sha256:
+                if candidate.is_file() and sha256_file(candidate) == sha256:
                     return candidate
         return None
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def audio_bases(run: dict[str, Any]) -> list[Path]:
