@@ -221,72 +221,247 @@ def test_sakura_end_to_end(tmp_path, adapters):
 
 
 # ---------------------------------------------------------------- MUGEN
+# The release's row form (github.com/danielqwer/MUGEN data/README.md): instruction, answer "(X)",
+# audio1..audio5 candidates (option (A) = audio1), reference_audio on the reference tasks, optional id,
+# task-specific columns; splits test / test_2 / test_3 / test_4. Here: a reference task and a plain one.
 
-MUGEN_ITEMS = [
-    {"id": "q1", "audios": ["clips/a.wav", "clips/b.wav"], "question": "Which clip is louder?",
-     "choices": ["Audio 1", "Audio 2"], "answer": "Audio 2", "task": "loudness", "domain": "audio"},
-    {"id": "q2", "audios": ["clips/c.wav", "clips/a.wav"], "question": "Which clip is speech?",
-     "choices": ["Audio 1", "Audio 2"], "answer": "Audio 1", "task": "speech detection", "domain": "speech"},
-    {"id": "q3", "audios": ["clips/b.wav", "clips/c.wav", "clips/d.wav"], "question": "Which clip is music?",
-     "choices": ["Audio 1", "Audio 2", "Audio 3"], "answer": "Audio 3", "task": "music detection", "domain": "music"},
-    {"id": "q4", "audios": ["clips/d.wav", "clips/b.wav", "clips/a.wav"], "question": "Which clip is shortest?",
-     "choices": ["Audio 1", "Audio 2", "Audio 3"], "answer": "Audio 1", "task": "duration", "domain": "audio"},
-]
+LOUD = 0.5  # the loud candidate's amplitude; the others 0.05, the reference 0.9 (louder than all)
 
 
-def mugen_file(tmp_path: Path) -> Path:
-    for i, name in enumerate("abcd"):
-        wav(tmp_path / "clips" / f"{name}.wav", i, 800 * (i + 1))
-    path = tmp_path / "mugen.jsonl"
-    path.write_text("".join(json.dumps(x) + "\n" for x in MUGEN_ITEMS))
-    return path
+def mugen_dir(tmp_path: Path) -> Path:
+    """DIR/<Task>/<split>.jsonl; in every row the gold candidate is the loudest clip."""
+    root = tmp_path / "mugen"
+    rng = np.random.default_rng(5)
+
+    def clip(folder: Path, name: str, amp: float) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / name, (rng.standard_normal(800) * amp).astype("float32"), 16000)
+        return name
+
+    rows = {("Speaker_Verification", "test_3"): [(2, True), (0, True)],  # (gold candidate, has id)
+            ("Key_Detection", "test_2"): [(1, True), (0, False)],
+            ("Key_Detection", "test"): [(4, True)]}
+    for task in ("Speaker_Verification", "Key_Detection"):  # every split's file, empty where no rows
+        for split in ("test", "test_2", "test_3", "test_4"):
+            (root / task).mkdir(parents=True, exist_ok=True)
+            (root / task / f"{split}.jsonl").write_text("")
+    for (task, split), items in rows.items():
+        n = {"test": 5, "test_2": 2, "test_3": 3}[split]
+        lines = []
+        for r, (gold, has_id) in enumerate(items):
+            rec: dict = {"instruction": f"{task}: which candidate? ({split} row {r})", "answer": f"({'ABCDE'[gold]})"}
+            if has_id:
+                rec["id"] = 10 + r
+            for k in range(1, 6):
+                rec[f"audio{k}"] = clip(root / task, f"{split}_{r}_{k}.wav", LOUD if k - 1 == gold else 0.05) \
+                    if k <= n else None
+            if task == "Speaker_Verification":
+                rec["reference_audio"] = clip(root / task, f"{split}_{r}_ref.wav", 0.9)
+            rec["audio1_key"] = "C major"  # a task-specific column, kept in metadata["upstream"]
+            lines.append(json.dumps(rec))
+        (root / task / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
 
 
-def test_mugen_end_to_end_by_clip_count_and_clip_order(tmp_path, adapters):
-    path = mugen_file(tmp_path)
-    replies = {"q1": "option:Audio 2", "q2": "option:Audio 2", "q3": "option:Audio 3", "q4": "option:Audio 1"}
-    res, recs = run(tmp_path, "mugen", {"data": str(path)}, replies, log=str(tmp_path / "log.jsonl"))
-    m, g = res.run["metrics"], res.run["groups"]
-    assert m["accuracy"]["value"] == 75.0
-    assert g["n_clips"]["2"]["accuracy"]["value"] == 50.0 and g["n_clips"]["3"]["accuracy"]["value"] == 100.0
-    assert g["domain"]["audio"]["accuracy"]["value"] == 100.0
-    logged = {x["key"]: x["parts"] for x in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())}
-    for item in MUGEN_ITEMS:  # clips in upstream order, each introduced by its number, labelled with its identity
-        parts = logged[item["id"]]
-        expect = []
-        for k, clip in enumerate(item["audios"], 1):
-            expect += [f"text:Audio {k}:", f"{item['id']}#clip{k}:{clip}"]
-        assert parts[:-1] == expect
-        assert recs[item["id"]]["metadata"]["clips"] == item["audios"]
-        assert recs[item["id"]]["metadata"]["n_clips"] == len(item["audios"])
+class LoudestConfig(AdapterConfig):
+    mode: str = "loudest"  # loudest | first
+    log: str | None = None
 
 
-def test_mugen_bad_items_named(tmp_path):
+class Loudest(Model):
+    """Names the loudest candidate by its position ("Audio k"), reading the clips as the prompt
+    introduces them; "first" always answers "Audio 1". Logs each request's parts."""
+
+    name = "loudest"
+    capabilities = frozenset({"audio", "text", "multi_audio"})
+    Config = LoudestConfig
+    sample_rate = None
+
+    def generate(self, requests: list[Request]) -> list[Response]:
+        out = []
+        for r in requests:
+            parts = [p for m in r.messages for p in m["content"]]
+            cands, intros = [], []
+            for prev, p in zip(parts, parts[1:]):
+                if p["type"] == "audio":
+                    intros.append(prev["text"])
+                    if prev["text"].startswith("Audio "):
+                        x = p["audio"].load(None)[0]
+                        cands.append(float(np.sqrt(np.mean(x ** 2))))
+            if self.config.log:
+                with open(self.config.log, "a") as f:
+                    f.write(json.dumps({"key": r.key, "intros": intros, "labels": [
+                        p["audio"].label for p in parts if p["type"] == "audio"], "text": parts[-1]["text"]}) + "\n")
+            k = 1 if self.config.mode == "first" else int(np.argmax(cands)) + 1
+            out.append(Response(r.key, text=f"I think it is Audio {k}.", latency_s=0.0))
+        return out
+
+
+@pytest.fixture
+def loudest(monkeypatch):
+    from evalkit import registry
+
+    monkeypatch.setenv("EVALKIT_MODELS", "loudest=test_new_tasks:Loudest,replies-single=test_new_tasks:RepliesSingle")
+    registry._table.cache_clear()
+    yield
+    registry._table.cache_clear()
+
+
+def mugen_run(tmp_path, root, name, strategy=None, **margs):
+    res = run_task(RunSpec(model="loudest", task="mugen", output=tmp_path / name, model_args=margs,
+                           task_args={"data": str(root), "tasks": "Speaker_Verification,Key_Detection",
+                                      "split": "all"}, strategy=strategy))
+    return res, {r["sample_id"]: r for r in read_records(res.run_dir / "samples.jsonl")}
+
+
+def test_mugen_loads_the_release_row_form(tmp_path):
     from evalkit.tasks.mugen import Mugen
 
-    path = tmp_path / "m.json"
-    path.write_text(json.dumps([{"id": "x", "audios": ["a.wav"], "question": "q", "choices": ["A1", "A2"],
-                                 "answer": "A1"}]))
-    with pytest.raises(TaskDataError, match=r"record 0 \(id 'x'\): field 'audios' must list at least two"):
-        Mugen.from_args({"data": str(path)}).load()
-    mugen_file(tmp_path)
-    path.write_text(json.dumps([{**MUGEN_ITEMS[0], "answer": "Audio 9"}]))
-    data = Mugen.from_args({"data": str(path), "audio_root": str(tmp_path)}).load()
-    assert data.samples == [] and "answer 'Audio 9' is not among the choices" in data.warnings[0]
+    root = mugen_dir(tmp_path)
+    data = Mugen.from_args({"data": str(root), "tasks": "Speaker_Verification,Key_Detection", "split": "all"}).load()
+    by_id = {s.id: s for s in data.samples}
+    sv = by_id["Speaker_Verification/test_3/10"]
+    assert sv.choices == ["Audio 1", "Audio 2", "Audio 3"] and sv.answer == 2  # "(C)"
+    assert [a.label.split(":")[0] for a in sv.audio] == [
+        "Speaker_Verification/test_3/10#reference", *(f"Speaker_Verification/test_3/10#audio{k}" for k in (1, 2, 3))]
+    assert sv.metadata["option_clips"] == [1, 2, 3] and sv.metadata["reference"] is True
+    assert sv.metadata["dimension"] == "Speaker & Demographics" and sv.metadata["n_clips"] == 3
+    assert sv.metadata["upstream"] == {"id": 10, "audio1_key": "C major"}
+    kd = by_id["Key_Detection/test_2/1"]  # no id column: the row index
+    assert kd.metadata["option_clips"] == [0, 1] and kd.metadata["reference"] is False and kd.answer == 0
+    assert by_id["Key_Detection/test/10"].metadata["n_clips"] == 5
+
+
+def test_mugen_missing_split_and_bad_rows_named(tmp_path):
+    from evalkit.tasks.mugen import Mugen
+
+    root = mugen_dir(tmp_path)
+    (root / "Speaker_Verification" / "test.jsonl").unlink()
+    with pytest.raises(TaskDataError, match=r"no test\.jsonl or test\.json in .*Speaker_Verification"):
+        Mugen.from_args({"data": str(root), "tasks": "Speaker_Verification"}).load()
+    with pytest.raises(TaskDataError, match="unknown task.*No_Such_Task"):
+        Mugen.from_args({"tasks": "Key_Detection,No_Such_Task"})
+    with pytest.raises(TaskDataError, match="split=dev"):
+        Mugen.from_args({"split": "dev"})
+    path = root / "Key_Detection" / "test_2.jsonl"
+    good = json.loads(path.read_text().splitlines()[0])
+    for bad, message in (({**good, "audio1": None}, r"record 0 \(id '10'\): the candidates must be audio1..audioN"),
+                         ({**good, "answer": "B"}, None),  # a bare letter is read too
+                         ({**good, "answer": "Audio 2"}, "must be an option letter like")):
+        path.write_text(json.dumps(bad) + "\n")
+        task = Mugen.from_args({"data": str(root), "tasks": "Key_Detection", "split": "test_2"})
+        if message is None:
+            assert task.load().samples[0].answer == 1
+        else:
+            with pytest.raises(TaskDataError, match=message):
+                task.load()
+    path.write_text(json.dumps({**good, "answer": "(D)"}) + "\n")  # two candidates: (D) names none
+    data = Mugen.from_args({"data": str(root), "tasks": "Key_Detection", "split": "test_2"}).load()
+    assert data.samples == [] and "answer '(D)' names no candidate (the row has 2)" in data.warnings[0]
+
+
+def test_mugen_end_to_end_clip_order_and_groups(tmp_path, loudest):
+    root = mugen_dir(tmp_path)
+    log = tmp_path / "log.jsonl"
+    res, recs = mugen_run(tmp_path, root, "plain", mode="first", log=str(log))
+    # "Audio 1" always: right on the two rows whose gold is (A) (SV row 1, KD test_2 row 1) of five
+    m, g = res.run["metrics"], res.run["groups"]
+    assert len(recs) == 5 and m["accuracy"]["value"] == 40.0
+    assert g["n_clips"]["2"]["accuracy"]["value"] == 50.0 and g["n_clips"]["5"]["accuracy"]["value"] == 0.0
+    assert g["dimension"]["Speaker & Demographics"]["accuracy"]["value"] == 50.0
+    assert g["reference"]["True"]["accuracy"]["value"] == 50.0
+    assert recs["Key_Detection/test_2/1"]["extraction_stage"] not in ("none", "ambiguous")
+    logged = {x["key"]: x for x in map(json.loads, log.read_text().splitlines())}
+    sv = logged["Speaker_Verification/test_3/10"]
+    assert sv["intros"] == ["Reference audio:", "Audio 1:", "Audio 2:", "Audio 3:"]
+    assert [x.split(":")[0].rsplit("#", 1)[1] for x in sv["labels"]] == ["reference", "audio1", "audio2", "audio3"]
+    # the instruction, then the options; --choices balanced (the default) relabels them, "Audio k" stays the position
+    assert sv["text"].startswith("Speaker_Verification: which candidate? (test_3 row 0)\n\nOptions:\n")
+    assert sorted(re.findall(r"^\([A-C]\) (Audio \d)$", sv["text"], re.M)) == ["Audio 1", "Audio 2", "Audio 3"]
+
+
+def test_mugen_audio_permutation_end_to_end(tmp_path, loudest):
+    """APSC: the candidates in every order (2! and 3!; 5! capped at 24), the reference fixed first,
+    each "Audio k" answer mapped back to its clip."""
+    root = mugen_dir(tmp_path)
+    res, recs = mugen_run(tmp_path, root, "apsc", strategy="audio-permutation")
+    assert len(recs) == 5 and res.run["metrics"]["accuracy"]["value"] == 100.0
+    for r in recs.values():
+        calls = r["strategy"]["calls"]
+        n = r["metadata"]["n_clips"]
+        assert len(calls) == {2: 2, 3: 6, 5: 24}[n] and r["strategy"]["aggregate"]["agreement"] == 1.0
+        orders = [c["audio_order"] for c in calls]
+        assert len({tuple(o) for o in orders}) == len(orders) and orders[0] == sorted(orders[0])
+        if r["metadata"]["reference"]:  # the reference (clip 0) never moves
+            assert all(o[0] == 0 and sorted(o[1:]) == [1, 2, 3] for o in orders)
+    # always "Audio 1": under the 3! orders of a 3-candidate item each candidate is first twice -> a tie
+    biased, brecs = mugen_run(tmp_path, root, "biased", strategy="audio-permutation", mode="first")
+    assert brecs["Speaker_Verification/test_3/10"]["strategy"]["aggregate"]["outcome"] == "tie"
+
+
+def test_option_clips_may_leave_a_reference_out_but_never_repeat_a_clip():
+    from evalkit.engine.strategies import StrategyError, _clip_orders, _option_clips
+    from evalkit.types import AudioRef, Sample
+
+    def sample(oc):
+        return Sample(id="x", question="q", audio=[AudioRef(data=b"")] * 4, choices=["a", "b", "c"], answer=0,
+                      metadata={"option_clips": oc})
+
+    assert _option_clips(sample([1, 2, 3])) == [1, 2, 3]
+    for bad in ([1, 1, 2], [1, 2, 4], [0, 1], None):
+        with pytest.raises(StrategyError, match="option_clips"):
+            _option_clips(sample(bad))
+    # by hand: positions 1..3 in all 3! orders, position 0 fixed, identity first
+    assert _clip_orders(4, [3, 1, 2]) == [[0, 1, 2, 3], [0, 1, 3, 2], [0, 2, 1, 3], [0, 2, 3, 1], [0, 3, 1, 2],
+                                          [0, 3, 2, 1]]
+
+
+def test_mugen_hub_rows(tmp_path, monkeypatch):
+    """Hub rows (audio undecoded bytes): repo MUGEN-Benchmark/<Task>, the split asked, the revision
+    requested, the resolved sha recorded; the reference clip first."""
+    import io
+
+    import evalkit.hub as hub
+    from evalkit.tasks.mugen import Mugen
+
+    def wav_bytes(seed):
+        buf = io.BytesIO()
+        sf.write(buf, np.random.default_rng(seed).standard_normal(400).astype("float32") * 0.1, 16000, format="WAV")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    asked = []
+
+    def rows(repo, revision, split, config=None):
+        asked.append((repo, revision, split))
+        return [{"id": 0, "instruction": "Which candidate has the reference's accent?", "answer": "(B)",
+                 "reference_audio": wav_bytes(9), **{f"audio{k}": wav_bytes(k) for k in range(1, 6)},
+                 "meta_ref_class": "us"}]
+
+    monkeypatch.setattr(hub, "load_hub_rows", rows)
+    monkeypatch.setattr(hub, "resolve_revision", lambda repo, revision: "e" * 40)
+    data = Mugen.from_args({"tasks": "Accent_Identification", "revision": "abc123"}).load()
+    assert asked == [("MUGEN-Benchmark/Accent_Identification", "abc123", "test")]
+    assert data.source["tasks"]["Accent_Identification/test"]["resolved_revision"] == "e" * 40
+    s = data.samples[0]
+    assert s.id == "Accent_Identification/test/0" and len(s.audio) == 6 and s.answer == 1
+    assert s.audio[0].data == wav_bytes(9)["bytes"] and s.audio[5].data == wav_bytes(5)["bytes"]
+    assert s.metadata["option_clips"] == [1, 2, 3, 4, 5] and s.metadata["upstream"]["meta_ref_class"] == "us"
 
 
 def test_mugen_refuses_single_audio_adapter_before_any_work(tmp_path, adapters):
     (tmp_path / "replies.json").write_text("{}")
-    # the data file does not exist: a refusal before any work raises RunConfigError, not a data error
+    # the data folder does not exist: a refusal before any work raises RunConfigError, not a data error
     with pytest.raises(RunConfigError, match="multi_audio"):
-        run_task(RunSpec(model="replies-single", task="mugen", task_args={"data": str(tmp_path / "absent.json")},
+        run_task(RunSpec(model="replies-single", task="mugen", task_args={"data": str(tmp_path / "absent")},
                          model_args={"replies": str(tmp_path / "replies.json")}, output=tmp_path / "runs"))
 
 
-def test_mugen_declares_multi_audio():
-    from evalkit.tasks.mugen import Mugen
+def test_mugen_declares_multi_audio_and_knows_the_35_tasks():
+    from evalkit.tasks.mugen import REFERENCE_TASKS, TASKS, Mugen
 
     assert "multi_audio" in Mugen.required_capabilities
+    assert len(TASKS) == 35 and len(REFERENCE_TASKS) == 10 and set(TASKS) >= REFERENCE_TASKS
+    assert len(set(TASKS.values())) == 7
 
 
 # ---------------------------------------------------------------- Dynamic-SUPERB

@@ -283,14 +283,29 @@ def _orders(all_orders: list[list[int]], n: int, seed: int, sample_id: str) -> l
 
 
 def _option_clips(sample) -> list[int]:
+    """Option i names clip option_clips[i]: distinct clip indices, one per option. Clips no option
+    names (a reference clip the candidates are compared with) keep their place in every order."""
     oc = sample.metadata.get("option_clips")
     n = len(sample.audio)
-    if (not isinstance(oc, list) or len(oc) != len(sample.choices) or sorted(oc) != list(range(n))):
+    if (not isinstance(oc, list) or len(oc) != len(sample.choices) or len(oc) < 2 or len(set(oc)) != len(oc)
+            or not all(isinstance(j, int) and not isinstance(j, bool) and 0 <= j < n for j in oc)):
         raise StrategyError(
             f"sample {sample.id!r}: {n} audio clips but no usable metadata['option_clips'] (option i names clip "
-            f"option_clips[i], a permutation of 0..{n - 1} with one entry per option); audio-permutation cannot "
-            "map an answer back to a clip without it")
+            f"option_clips[i]: distinct indices in 0..{n - 1}, one per option; clips no option names stay in "
+            "place); audio-permutation cannot map an answer back to a clip without it")
     return oc
+
+
+def _clip_orders(n: int, named: list[int]) -> list[list[int]]:
+    """Every order of the clips at the positions in `named` (the others fixed), identity first."""
+    pos = sorted(named)
+    out = []
+    for perm in itertools.permutations(pos):
+        sigma = list(range(n))
+        for at, clip in zip(pos, perm):
+            sigma[at] = clip
+        out.append(sigma)
+    return out
 
 
 class AudioPermutation(VotingStrategy):
@@ -317,8 +332,7 @@ class AudioPermutation(VotingStrategy):
         out = []
         if len(s.audio) > 1:
             oc = _option_clips(s)
-            orders = _orders([list(o) for o in itertools.permutations(range(len(s.audio)))],
-                             self.options.orders, ctx.seed, s.id)
+            orders = _orders(_clip_orders(len(s.audio), oc), self.options.orders, ctx.seed, s.id)
             for i, sigma in enumerate(orders):
                 if i in have:
                     continue
