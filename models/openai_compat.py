@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import email.utils
 import json
 import math
@@ -54,11 +55,12 @@ from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+import numpy as np
 from pydantic import Field
 
 from evalkit.engine.secrets import mask_json, mask_logs, mask_text, redact_args, register_secret
 from evalkit.models.base import AdapterConfig, Model
-from evalkit.types import Request, Response
+from evalkit.types import AudioRef, Request, Response
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
@@ -73,6 +75,11 @@ FATAL_STATUS = frozenset({401, 403, 404})
 #: gateways and overloaded servers repeat one body while the failure is transient: no identical-body cap
 TRANSIENT_5XX = frozenset({502, 503, 504})
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: the content probe (see _probe_content): a short message, and the same with PROBE_EXTRA_WORDS more words
+PROBE_TEXT = "evalkit content probe: reply with the word OK."
+PROBE_EXTRA_WORDS = 64
+PROBE_TIMEOUT_S = 30.0
+PROBE_AUDIO_SECONDS = 0.5
 
 
 def _default_base_url() -> str:
@@ -107,6 +114,9 @@ class OpenAIConfig(AdapterConfig):
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     #: merged into every request body (e.g. {"reasoning_effort": "low"})
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    #: before the first request, ask twice (max 1 token) with a short and a long message in the run's content
+    #: form: the same usage.prompt_tokens for both means the server does not read the content, and the run stops
+    content_probe: bool = True
 
 
 class _RequestError(Exception):
@@ -316,14 +326,14 @@ class OpenAICompatible(Model):
     audio_fed: ClassVar[str] = "all"  # the whole clip is sent; what the server does with it is its own
     description: ClassVar[str] = "any OpenAI-compatible chat-completions endpoint (audio as input_audio WAV)"
     source: ClassVar[str] = "https://platform.openai.com/docs/api-reference/chat"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"audio", "text", "multi_audio"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"audio", "text", "multi_audio", "multi_turn_audio"})
     Config: ClassVar[type[AdapterConfig]] = OpenAIConfig
     sample_rate: ClassVar[int | None] = 16000
     default_batch_size: ClassVar[int] = 8
     #: how requests are paced and retried, not what is asked: not part of the run id
     volatile_args: ClassVar[frozenset[str]] = frozenset(
         {"concurrency", "max_retries", "timeout_s", "attempt_timeout_s", "backoff_base_s", "backoff_max_s",
-         "max_identical_errors"})
+         "max_identical_errors", "content_probe"})
 
     config: OpenAIConfig
 
@@ -363,6 +373,9 @@ class OpenAICompatible(Model):
         #: set when a connection to base_url could not be made: the rest of the batch is not sent
         self._unreachable: str | None = None
         self._lock = threading.Lock()
+        #: the content probe's finding (None until it ran); `_content_ignored` the fatal cause when it failed
+        self._probe: dict[str, Any] | None = None
+        self._content_ignored: str | None = None
 
     # ---- identity -------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -380,6 +393,8 @@ class OpenAICompatible(Model):
             out["headers"] = mask_json(self.config.headers)
         if self._served_model:
             out["served_model"] = self._served_model
+        if self._probe is not None:
+            out["content_probe"] = self._probe
         return out
 
     # ---- plumbing ------------------------------------------------------------------
@@ -450,6 +465,62 @@ class OpenAICompatible(Model):
         if g.seed is not None:
             body["seed"] = g.seed
         return body
+
+    async def _probe_content(self, requests: list[Request]) -> None:
+        """Once per adapter: does the server read what it is sent? Two requests (max 1 token) in the content
+        form the run's first request uses (a string, or a list of parts with a short silent clip when it
+        carries audio), one with a short message and one with PROBE_EXTRA_WORDS words more. A server that
+        reports the same usage.prompt_tokens for both never tokenized the content (llama.cpp with a chat
+        template that drops list content does this silently): every answer would come from an empty
+        prompt, so the run stops (fatal) before anything is recorded. No usage, or a probe that fails, decides
+        nothing (the real requests then show what the server does); the finding is in info()."""
+        if self._probe is not None or not self.config.content_probe:
+            return
+        first = requests[0]
+        with_audio = self.config.audio and any(
+            not isinstance(m["content"], str) and any(p.get("type") == "audio" for p in m["content"])
+            for m in first.messages)
+        tokens: list[int | None] = []
+        try:
+            for text in (PROBE_TEXT, PROBE_TEXT + " " + " ".join(f"w{i}" for i in range(PROBE_EXTRA_WORDS))):
+                content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+                if with_audio:
+                    content.insert(0, {"type": "audio", "audio": AudioRef(
+                        array=np.zeros(int(PROBE_AUDIO_SECONDS * 16000), np.float32), sample_rate=16000)})
+                probe = Request(key="evalkit-content-probe", messages=[{"role": "user", "content": content}],
+                                generation=dataclasses.replace(first.generation, max_new_tokens=1, temperature=0.0))
+                body = self._body(probe)
+                body.update(self.config.extra_body)
+                reply = await asyncio.wait_for(self._client.post("/chat/completions", cast_to=object, body=body),
+                                               min(self.config.attempt_timeout_s, PROBE_TIMEOUT_S))
+                usage = reply.get("usage") if isinstance(reply, dict) else None
+                n = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+                tokens.append(n if isinstance(n, int) and not isinstance(n, bool) else None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self._probe = {"result": "undecided", "why": self._clean(f"probe failed: {type(e).__name__}: {e}")}
+            return
+        form = "parts with audio" if with_audio else ("parts" if isinstance(body["messages"][0]["content"], list)
+                                                     else "string")
+        if None in tokens:
+            self._probe = {"result": "undecided", "why": "the server reports no usage.prompt_tokens", "form": form}
+            return
+        self._probe = {"result": "ignored" if tokens[0] == tokens[1] else "read", "prompt_tokens": tokens,
+                       "form": form}
+        if tokens[0] == tokens[1]:
+            self._content_ignored = (
+                f"the server at {clean_url(self.config.base_url)} reported the same prompt_tokens ({tokens[0]}) for "
+                f"a message of {len(PROBE_TEXT.split())} words and one of "
+                f"{len(PROBE_TEXT.split()) + PROBE_EXTRA_WORDS} words sent as {form}: it does not read the "
+                "message content, so every answer would come from an empty prompt. With llama.cpp's server, "
+                "a chat format that takes content parts, or -M content_format=string for text-only runs; "
+                "-M content_probe=false skips this check")
+
+    def _ignored_responses(self, requests: list[Request]) -> list[Response]:
+        assert self._content_ignored is not None
+        return [Response(r.key, error=self._content_ignored, extra={"fatal": self._content_ignored, "not_sent": True})
+                for r in requests]
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         cap = self.config.backoff_max_s
@@ -568,6 +639,9 @@ class OpenAICompatible(Model):
     async def _batch(self, requests: list[Request]) -> list[Response]:
         await self._setup()
         self._unreachable = None  # every batch probes the server afresh
+        await self._probe_content(requests)
+        if self._content_ignored:
+            return self._ignored_responses(requests)
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
     # ---- the contract ----------------------------------------------------------------
@@ -594,6 +668,11 @@ class OpenAICompatible(Model):
         async def run_all() -> None:
             await self._setup()
             self._unreachable = None
+            await self._probe_content(requests)
+            if self._content_ignored:
+                for resp in self._ignored_responses(requests):
+                    done.put(resp)
+                return
             await asyncio.gather(*(one(r) for r in requests))
 
         fut = self._ensure_loop().submit(run_all())

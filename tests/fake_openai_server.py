@@ -8,7 +8,12 @@ A reply function returns the assistant text (str), a whole reply body (dict, sen
 NaN becomes the bare `NaN` token Python's json writes, a lone surrogate a `\ud800` escape), or
 `Raw(...)` bytes with any status and content type, optionally trickled one byte at a time (a
 slow body). `strict_content=True` answers a text-only chat whose content is a list of parts with
-HTTP 500, as llama.cpp's server does.
+HTTP 500, as llama.cpp's server does; `drop_list_content=True` silently drops every list content (its
+text and audio), as llama.cpp's chatml template does: the reply and usage see empty messages.
+
+The openai adapter's content probe (two requests whose text starts with PROBE_MARK) is answered at once,
+outside the fault schedule, latency and reply function, and kept in `probes`, not `received`: arrival
+indices, counts and bodies are those of the real requests.
 
     with FakeOpenAIServer(latency_s=0.2, faults=first_n(2, 429, retry_after="0")) as srv:
         adapter = OpenAICompatible(OpenAIConfig(base_url=srv.url, model="m"))
@@ -67,6 +72,8 @@ FaultSchedule = Callable[[int, dict], "Fault | None"]  # (arrival index from 0, 
 ReplyFn = Callable[[dict], "str | dict | Raw"]
 #: what llama.cpp-style servers answer when a chat template meets list content (HTTP 500)
 STRICT_CONTENT_ERROR = "can only concatenate str (not \"list\") to str"
+#: how the openai adapter's content probe begins (models/openai_compat.PROBE_TEXT)
+PROBE_MARK = "evalkit content probe"
 
 
 # ---- fault schedules -------------------------------------------------------------------
@@ -163,9 +170,11 @@ class FakeOpenAIServer:
     def __init__(self, latency_s: float | Callable[[int, dict], float] = 0.0,
                  faults: FaultSchedule | None = None,
                  reply: ReplyFn | str = "fixed", model: str = "fake-model",
-                 strict_content: bool = False) -> None:
+                 strict_content: bool = False, drop_list_content: bool = False) -> None:
         self.latency_s = latency_s
         self.strict_content = strict_content
+        self.drop_list_content = drop_list_content
+        self.probes: list[dict] = []
         self.faults = faults
         self.reply: ReplyFn = REPLIES[reply] if isinstance(reply, str) else reply
         self.model = model
@@ -244,7 +253,7 @@ class FakeOpenAIServer:
             rec.t_end = time.perf_counter()
 
     def _completion(self, rec: Received) -> dict | Raw:
-        text = self.reply(rec.body)
+        text = "OK" if rec.index < 0 else self.reply(rec.body)  # index -1: a content probe
         if not isinstance(text, str):  # a whole body, of whatever shape the test wants
             return text
         prompt_tokens = max(1, len(text_of(rec.body).split()))
@@ -345,6 +354,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}})
             return
         fake = self.fake
+        is_probe = path in PATHS and PROBE_MARK in text_of(body)
+        if fake.drop_list_content:
+            body = {**body, "messages": [m if not isinstance(m.get("content"), list) else {**m, "content": ""}
+                                         for m in body.get("messages", [])]}
+        if is_probe:
+            with fake._lock:
+                fake.probes.append(body)
+            probe = Received(-1, path, {}, body)
+            self._send(200, fake._completion(probe))
+            return
         rec = fake._begin(path, {k.lower(): v for k, v in self.headers.items()}, body)
         rec.query = self.path.partition("?")[2]
         headers: dict[str, str] = {}

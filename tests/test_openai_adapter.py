@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("openai")
 
 from fake_openai_server import (  # noqa: E402
+    PROBE_MARK,
     STRICT_CONTENT_ERROR,
     FakeOpenAIServer,
     Fault,
@@ -645,3 +646,84 @@ def test_run_against_a_refusing_server_stops_with_the_cause(toy, tmp_path, mode)
             assert srv.count <= 8  # the requests in flight at most (concurrency 8), each sent once
     finally:
         srv.stop()
+
+
+# ---- the content probe: a server that does not read the content stops the run before any record ------
+def test_probe_stops_a_server_that_drops_list_content(make_adapter):
+    """llama.cpp's chatml template drops list content silently: every answer would come from an empty
+    prompt. The probe sees the same prompt_tokens for a 7- and a 71-word message and every response is
+    fatal; no real request is sent."""
+    with FakeOpenAIServer(drop_list_content=True) as srv:
+        m = make_adapter(srv)
+        out = m.generate([audio_request("a1"), audio_request("a2")])
+        assert srv.count == 0 and len(srv.probes) == 2
+        assert all(r.text is None and r.extra["fatal"] == r.error for r in out)
+        assert "reported the same prompt_tokens" in out[0].error and "parts with audio" in out[0].error
+        assert m.info()["content_probe"]["result"] == "ignored"
+        # streaming answers the same, without another probe
+        assert all("fatal" in r.extra for r in m.generate_stream([audio_request("a3")]))
+        assert len(srv.probes) == 2 and srv.count == 0
+
+
+def test_probe_sends_the_runs_content_form_once(make_adapter):
+    with FakeOpenAIServer() as srv:
+        m = make_adapter(srv)
+        assert all(r.error is None for r in m.generate([audio_request("a1")]))
+        assert all(r.error is None for r in m.generate([audio_request("a2")]))
+        assert srv.count == 2 and len(srv.probes) == 2  # once per adapter, not per batch
+        short, long = srv.probes
+        assert text_of(short).startswith(PROBE_MARK)  # the fake tells probes apart by the adapter's own text
+        assert [p["type"] for p in short["messages"][0]["content"]] == ["input_audio", "text"]
+        assert short["max_tokens"] == 1 and short["temperature"] == 0.0
+        assert len(text_of(long).split()) - len(text_of(short).split()) == 64
+        probe = m.info()["content_probe"]
+        assert probe["result"] == "read" and probe["form"] == "parts with audio"
+        assert probe["prompt_tokens"] == [len(text_of(short).split()), len(text_of(long).split())]
+
+
+def test_probe_text_only_uses_a_string_and_can_be_turned_off(make_adapter):
+    with FakeOpenAIServer() as srv:
+        m = make_adapter(srv)
+        m.generate([text_request()])
+        assert isinstance(srv.probes[0]["messages"][0]["content"], str)
+        assert m.info()["content_probe"]["form"] == "string"
+    with FakeOpenAIServer(drop_list_content=True) as srv:
+        m = make_adapter(srv, content_probe=False)
+        out = m.generate([audio_request("a1")])
+        assert srv.probes == [] and srv.count == 1 and out[0].error is None  # the user's choice: not checked
+        assert "content_probe" not in m.info()
+
+
+def test_probe_without_usage_or_failing_decides_nothing(make_adapter):
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "B"}}]}  # no usage
+    with FakeOpenAIServer(reply=lambda b: body) as srv:
+        m = make_adapter(srv)
+        # the fake answers probes itself (with usage): make its probe replies usage-less too
+        srv._completion = lambda rec: body
+        out = m.generate([audio_request("a1")])
+        assert out[0].text == "B" and srv.count == 1
+        assert m.info()["content_probe"] == {"result": "undecided", "why": "the server reports no usage.prompt_tokens",
+                                             "form": "parts with audio"}
+
+
+def test_content_probe_is_not_part_of_the_run_id():
+    from evalkit.engine.runner import ModelHolder
+
+    on = ModelHolder("openai", {"base_url": "http://127.0.0.1:9/v1", "model": "m"}).identity()
+    off = ModelHolder("openai", {"base_url": "http://127.0.0.1:9/v1", "model": "m", "content_probe": False}).identity()
+    assert on == off and "content_probe" not in on["args"]
+
+
+def test_run_against_a_content_dropping_server_stops_before_any_record(toy, tmp_path):
+    """With the runner: the fatal probe stops the run (resumable, nothing recorded), naming the cause."""
+    from evalkit.engine.runner import RunSpec, run_task
+
+    with FakeOpenAIServer(drop_list_content=True) as srv:
+        spec = RunSpec(model="openai", task="toy-mcq", task_args={"data": str(toy / "toy.json")},
+                       model_args={"base_url": srv.url, "model": "m", "content_format": "parts"},
+                       output=tmp_path / "runs")
+        with pytest.raises(Exception, match="reported the same prompt_tokens"):
+            run_task(spec)
+        assert srv.count == 0
+    records = [line for f in (tmp_path / "runs").rglob("samples.jsonl") for line in f.read_text().splitlines()]
+    assert records == []
