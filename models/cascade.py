@@ -228,7 +228,9 @@ class Cascade(Model):
             raise CascadeError(f"llm {c.llm['name']!r} does not take text-only requests")
         from evalkit.engine.fingerprint import Fingerprints
 
-        ident = {**self._captioner.identity(Fingerprints()), "prompt": c.caption_prompt, "max_new_tokens": c.caption_max_tokens}
+        with Fingerprints() as fingerprints:
+            ident = {**self._captioner.identity(fingerprints), "prompt": c.caption_prompt,
+                     "max_new_tokens": c.caption_max_tokens}
         self.captioner_identity = json.dumps(ident, sort_keys=True, ensure_ascii=False, default=str)
         self.captioner_id = hashlib.sha256(self.captioner_identity.encode()).hexdigest()
         self.cache = CaptionCache(c.cache_path) if c.cache else None

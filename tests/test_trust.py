@@ -208,6 +208,29 @@ def test_fingerprints_follow_content_not_mtime_alone(tmp_path):
     assert Fingerprints(cache=None).file(f) == hashlib.sha256(b"abcd").hexdigest()
 
 
+def test_fingerprint_cache_is_closed_and_reused_across_runs(tmp_path, monkeypatch):
+    """The sqlite cache is closed when the run start is done with it (no connection left to GC) and a
+    new Fingerprints reads what the last one stored: the second lookup hashes nothing."""
+    import sqlite3
+
+    from evalkit.engine import fingerprint
+    from evalkit.engine.fingerprint import Fingerprints
+
+    monkeypatch.setenv("EVALKIT_CACHE_DIR", str(tmp_path / "cache"))
+    f = tmp_path / "x.wav"
+    f.write_bytes(b"abc")
+    with Fingerprints() as fp:
+        conn = fp.cache._conn
+        first = fp.file(f)
+    assert fp.cache is None
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")  # closed
+    hashed = []
+    monkeypatch.setattr(fingerprint, "sha256_file", lambda p: hashed.append(p) or "recomputed")
+    with Fingerprints() as fp2:
+        assert fp2.file(f) == first and hashed == []
+
+
 # ---------------------------------------------------------------- arguments
 
 

@@ -80,6 +80,18 @@ class Fingerprints:
     def file(self, path: str | os.PathLike) -> str:
         return self.files([path])[os.fspath(path)]
 
+    def close(self) -> None:
+        """Close the cache's database (the in-memory memo stays usable, without the cache)."""
+        cache, self.cache = self.cache, None
+        if cache is not None:
+            cache.close()
+
+    def __enter__(self) -> Fingerprints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def tree(self, path: str | os.PathLike) -> str:
         """A file's sha256, or for a folder the sha256 over its files' (relative path, sha256)."""
         root = Path(path)

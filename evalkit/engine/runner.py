@@ -529,10 +529,10 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
             strategy.check_selected(selected, holder.cls)
         except StrategyError as e:
             raise RunConfigError(str(e)) from None
-    fingerprints = Fingerprints()
-    digests = audio_digests(data.samples, fingerprints)
+    with Fingerprints() as fingerprints:
+        digests = audio_digests(data.samples, fingerprints)
+        identity = holder.identity(fingerprints)
     audio_hash = combined(digests) if digests else None
-    identity = holder.identity(fingerprints)
     run_id = compute_run_id(identity, task, data.data_hash, spec, audio_hash)
     run_dir = Path(spec.output) / run_id
     existed = run_dir.exists()
