@@ -114,3 +114,40 @@ def test_threshold_is_documented():
     import evalkit.engine.audio_check as ac
 
     assert f"{UNCHANGED_FLAG}" in ac.__doc__
+
+
+class SampledDeaf(_Keyed):
+    """Ignores its audio; greedy (temperature 0) it answers right, sampled it picks a letter from a hash of
+    the request key: its self-consistency votes look nothing like its greedy answers on silence."""
+
+    def generate(self, requests):
+        import hashlib
+
+        out = []
+        for r in requests:
+            if r.generation.temperature == 0:
+                out.append(self.pick(r, correct=True))
+                continue
+            options = re.findall(r"^\(([A-Z])\) ", r.text(), re.M)
+            letter = options[hashlib.sha256(r.key.encode()).digest()[0] % len(options)]
+            out.append(Response(r.key, text=f"The answer is ({letter})."))
+        return out
+
+
+def test_a_deaf_model_under_a_sampling_strategy_is_still_flagged(models, monkeypatch):
+    """The ablations are plain single calls: they are compared with a plain run with the audio, not with
+    the strategy's votes (which, sampled, differ from greedy answers whatever the audio)."""
+    from evalkit import registry
+
+    monkeypatch.setenv("EVALKIT_MODELS", "sampled-deaf=test_audio_check:SampledDeaf")
+    registry._table.cache_clear()
+    spec = RunSpec(model="sampled-deaf", task="toy-mcq", model_args={"answers": str(models / "key.json")},
+                   task_args={"data": str(models / "toy.json")}, output=models / "runs",
+                   strategy="self-consistency", strategy_options={"k": 3, "temperature": 0.8})
+    holder = ModelHolder("sampled-deaf", spec.model_args)
+    main = run_task(spec, holder)
+    entry = audio_check(main, spec, holder, None)
+    assert entry["compared_with"] == "plain single calls with the audio"
+    assert entry["flag"] is True and entry["unchanged_silence"] == 1.0
+    assert entry["with_audio"]["value"] == 100.0 and entry["with_audio_strategy"]["value"] < 80.0
+    assert len(set(entry["run_ids"].values())) == 4  # main, plain with audio, silence, no audio

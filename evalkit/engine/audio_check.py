@@ -11,6 +11,10 @@ its own run id. Reported in the main run's run.json under `diagnostics.audio_rel
 - `flag`: True when `unchanged_silence` >= UNCHANGED_FLAG (0.9): the outputs barely depend on the
   audio (a processor that drops the audio, an adapter that never attaches it, a model that answers
   from the text alone). A model that listens changes most answers when its audio goes silent.
+With --strategy, the main run's records are votes over several calls while the ablations are single
+plain calls: the comparison is then made against a plain run of the same items with the audio
+(`with_audio`, run id `with_audio_plain`; the strategy's own figure is `with_audio_strategy`), so that
+sampling noise in the votes cannot hide a model that ignores its audio.
 Imports the runner and the protocol only (tasks and adapters come through the runner's registry)."""
 from __future__ import annotations
 
@@ -68,13 +72,24 @@ def audio_check(main: RunResult, spec: RunSpec, holder: ModelHolder, limit: int 
     else:
         skipped = "the adapter takes no text-only requests: the no-audio variant was not run"
     ids = set(_answered(variants["silence"].run_dir))
-    base = _answered(main.run_dir, ids)
+    # like with like: a strategy's record is a vote over several calls (sampled, reordered), the ablations
+    # are single plain calls; a deaf model's sampled votes differ from its greedy answers on silence and
+    # would hide it. With a strategy, the ablations are compared with a plain run of the same items.
+    reference = main
+    if spec.strategy:
+        reference = variants["with_audio_plain"] = run_task(replace(spec, limit=n, **plain), holder, progress)
+    base = _answered(reference.run_dir, ids)
     entry: dict[str, Any] = {
         "items": len(base), "limit": n, "threshold": UNCHANGED_FLAG, "metric": task.main_metric,
         "with_audio": _main_metric(task, list(base.values())),
+        "compared_with": "plain single calls with the audio" if spec.strategy else "the run itself",
         "run_ids": {"with_audio": main.run_id, **{k: v.run_id for k, v in variants.items()}},
     }
+    if spec.strategy:
+        entry["with_audio_strategy"] = _main_metric(task, list(_answered(main.run_dir, ids).values()))
     for name, res in variants.items():
+        if name == "with_audio_plain":
+            continue
         other = _answered(res.run_dir, set(base))
         entry[name] = _main_metric(task, list(other.values()))
         entry[f"unchanged_{name}"] = _unchanged(base, other)
