@@ -8,15 +8,26 @@ Data, per task, either:
 - the hub: `DynamicSuperb/<NAME>`, split "test", columns `file`, `audio`, optional `audio2`
   (a second clip, e.g. speaker verification; catalog "clips": 2), `instruction`, `label` (checked against the
   dataset cards of DynamicSuperb/SuperbSV_SuperbHiddenSet and DynamicSuperb/SpokenDigitArithmetic_AudioMNIST).
-  NOT PINNED: no commit sha could be looked up from here for any per-task dataset; `-T revision=`
-  pins all, and the resolved sha of each is recorded in run.json (`task.source.tasks`).
+  Some tasks name their clips otherwise (SuperbSV_VoxCeleb1-Test: `enrollment`/`testing`); those fail with
+  the missing field named. Revisions: PINNED to the dataset commit the task list gives (176 of 259 tasks);
+  the others (the Phase-1 tasks among them) are NOT PINNED and load "main". `-T revision=` overrides every
+  task's pin; the resolved sha of each is recorded in run.json (`task.source.tasks`).
 - local: `-T data=DIR` with `DIR/<NAME>/metadata.jsonl` (or `.json`): records {file, instruction,
   label, optional audio2} in the hub columns' form, audio at `DIR/<NAME>/<file>` (`audio_root`
   overrides DIR).
 
 The hub rows do not say how a task is scored, so each task needs a catalog entry
-{"type", "metric", "domain"}: the few built in below (types read off the task names) or a user
-file `-T catalog=FILE` (a JSON object keyed by task name; it overrides the built-ins).
+{"type", "metric", "domain"}. The catalog is `tasks/dynamic_superb_catalog.json`, generated from the
+Phase-2 task list DynamicSUPERB_ConfirmedTasks.csv (github.com/figisiwirf/dynamic-superb-utils at
+e05554c58f45b933c0213024e820497ca567d0ae; its SOURCE entry says what the file is and how its columns were
+mapped): the list's Category gives the type (154 Classification -> classification/accuracy, 9 Regression ->
+regression/mae, MAE being evalkit's choice since the list names no metric; 91 "Text generation" and 5
+speech/audio generation tasks are refused, as the list names no metric for them), its Speech/Music/Audio flags
+the domain ("unspecified" where none is set), its Version the pinned revision. BUILTIN_CATALOG below adds
+SuperbSV_SuperbHiddenSet (not in the list; a two-clip yes/no task by its dataset card) and the domain of the
+three Phase-1 tasks evalkit's tests name (the list sets no flag for them; evalkit's reading of the names).
+A user file `-T catalog=FILE` (a JSON object keyed by task name) overrides both. The official repository
+dynamic-superb/dynamic-superb (per-task READMEs with their metrics) could not be fetched from here.
 
 What evalkit scores (SCORED) and refuses (REFUSED), decided before any data loads:
 - classification / accuracy: the response must name exactly one of the task's labels (the
@@ -31,6 +42,8 @@ What evalkit scores (SCORED) and refuses (REFUSED), decided before any data load
 - sequence / wer, cer: corpus WER/CER (sum of edits / sum of reference length) after the
   Whisper English normalizer, jiwer alignment; CI by the cluster bootstrap of the ratio.
 - refused: type "judge" (LLM-judge-only tasks: captioning, open QA) until evalkit has a judge,
+  "generation" (the list's text-generation tasks: no metric named; a transcription task can be scored by
+  passing -T catalog=FILE with {"type": "sequence", "metric": "wer"}), "audio_generation" (audio output),
   and any other metric (BLEU, F1, EER, ...) until implemented; the message names the task.
 
 Results per task, per domain (speech / music / audio) and per type (`groups`).
@@ -56,19 +69,28 @@ from evalkit.tasks.loaders import (
 from evalkit.types import Presentation, Sample
 
 HUB_ORG = "DynamicSuperb"
-# NOT PINNED: see the module docstring; the resolved sha of each task is recorded in LoadedData.source.
+# for tasks the catalog gives no revision (NOT PINNED); the resolved sha of each task is recorded in LoadedData.source
 HUB_REVISION = "main"
+CATALOG_FILE = Path(__file__).with_name("dynamic_superb_catalog.json")
+TASK_LIST = ("DynamicSUPERB_ConfirmedTasks.csv, github.com/figisiwirf/dynamic-superb-utils@"
+             "e05554c58f45b933c0213024e820497ca567d0ae")
 HUB_SPLIT = "test"
 
 #: (type, metric) pairs evalkit scores
 SCORED: dict[str, tuple[str, ...]] = {"classification": ("accuracy",), "regression": ("mae",),
                                       "sequence": ("wer", "cer")}
 #: types evalkit refuses, with why
-REFUSED: dict[str, str] = {"judge": "is scored by an LLM judge upstream, and evalkit has no judge yet"}
-DOMAINS = ("speech", "music", "audio")
+REFUSED: dict[str, str] = {
+    "judge": "is scored by an LLM judge upstream, and evalkit has no judge yet",
+    "generation": ("is a text-generation task in the Phase-2 task list, which names no metric for it (upstream "
+                   "uses WER, BLEU or an LLM judge by task); if it is a transcription task pass -T catalog=FILE "
+                   "with {\"NAME\": {\"type\": \"sequence\", \"metric\": \"wer\", \"domain\": \"speech\"}}"),
+    "audio_generation": "asks for audio output, which evalkit does not score",
+}
+DOMAINS = ("speech", "music", "audio", "unspecified")
 
-#: task -> entry; types read off the task names (check them against the Phase-2 task list)
-BUILTIN_CATALOG: dict[str, dict[str, str]] = {
+#: on top of the generated catalog: a task the list lacks, and the domain of three Phase-1 tasks (no flag in the list)
+BUILTIN_CATALOG: dict[str, dict[str, Any]] = {
     "SpoofDetection_ASVspoof2017": {"type": "classification", "metric": "accuracy", "domain": "speech"},
     "SpeechCommandRecognition_GoogleSpeechCommandsV1": {"type": "classification", "metric": "accuracy",
                                                         "domain": "speech"},
@@ -76,6 +98,11 @@ BUILTIN_CATALOG: dict[str, dict[str, str]] = {
                                                    "domain": "music"},
     "SuperbSV_SuperbHiddenSet": {"type": "classification", "metric": "accuracy", "domain": "speech", "clips": 2},
 }
+
+
+def generated_catalog() -> dict[str, dict[str, Any]]:
+    """The catalog generated from the Phase-2 task list (see the module docstring), keyed by hub name."""
+    return json.loads(CATALOG_FILE.read_text(encoding="utf-8"))["tasks"]
 
 FAILURES = frozenset({"empty", "none", "ambiguous", "error"})
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?!\w)")  # not inside words ("mp3", "3rd")
@@ -106,14 +133,18 @@ def check_entry(name: str, entry: Any, where: str) -> dict[str, str]:
     clips = entry.get("clips", 1)
     if clips not in (1, 2) or isinstance(clips, bool):
         raise TaskDataError(f"{where}: task {name!r}: clips {clips!r}; use 1 (audio) or 2 (audio and audio2)")
-    return {"type": kind, "metric": metric, "domain": domain, "clips": clips}
+    revision = entry.get("revision")
+    if revision is not None and not isinstance(revision, str):
+        raise TaskDataError(f"{where}: task {name!r}: revision {revision!r} must be a string (a commit sha)")
+    return {"type": kind, "metric": metric, "domain": domain, "clips": clips, "revision": revision}
 
 
 class DynamicSuperb(Task):
     name = "dynamic-superb"
     version = "1"
     description = "Dynamic-SUPERB Phase-2: instruction tasks (classification, regression, sequence) by -T tasks="
-    source = f"hf:{HUB_ORG}/<task>@{HUB_REVISION} (NOT PINNED) or -T data=DIR; -T tasks=NAME,... or -T family="
+    source = (f"hf:{HUB_ORG}/<task>@<the task list's commit> (176 of 259 pinned, the rest @main, NOT PINNED) or "
+              f"-T data=DIR; catalog from {TASK_LIST}; -T tasks=NAME,... or -T family=")
     Options = DynamicSuperbOptions
     metric_specs = (MetricSpec("accuracy"), MetricSpec("extraction_failure", higher_is_better=False),
                     MetricSpec("mae", higher_is_better=False, scale=1.0))
@@ -121,8 +152,10 @@ class DynamicSuperb(Task):
 
     def __init__(self, options: DynamicSuperbOptions | None = None):
         super().__init__(options)
-        catalog = dict(BUILTIN_CATALOG)
-        where = "dynamic-superb built-in catalog"
+        catalog = generated_catalog()
+        for name, extra in BUILTIN_CATALOG.items():
+            catalog[name] = {**catalog.get(name, {}), **extra}
+        where = f"dynamic-superb catalog ({CATALOG_FILE.name})"
         if self.options.catalog:
             path = Path(self.options.catalog).expanduser()
             try:
@@ -138,10 +171,15 @@ class DynamicSuperb(Task):
         if self.options.tasks:
             names = list(dict.fromkeys(t.strip() for t in self.options.tasks.split(",") if t.strip()))
         else:
-            names = sorted(n for n in catalog if n.startswith(f"{self.options.family}_"))
-            if not names:
+            family = sorted(n for n in catalog if n.startswith(f"{self.options.family}_"))
+            if not family:
                 raise TaskDataError(f"dynamic-superb: -T family={self.options.family}: no catalog task is named "
                                     f"'{self.options.family}_...'; catalog tasks: {', '.join(sorted(catalog))}")
+            # a family keeps the tasks evalkit scores; naming a refused task in -T tasks= says why it is refused
+            names = [n for n in family if isinstance(catalog[n], dict) and catalog[n].get("type") in SCORED]
+            if not names:
+                raise TaskDataError(f"dynamic-superb: -T family={self.options.family}: evalkit scores none of "
+                                    f"{', '.join(family)} (types: {', '.join(sorted({str(catalog[n].get('type')) for n in family if isinstance(catalog[n], dict)}))})")
         unknown = [n for n in names if n not in catalog]
         if unknown:
             raise TaskDataError(f"dynamic-superb: no catalog entry for {', '.join(unknown)}: evalkit cannot tell how to "
@@ -181,7 +219,7 @@ class DynamicSuperb(Task):
         from evalkit.hub import hub_data_hash, hub_source, load_hub_rows
 
         repo = f"{HUB_ORG}/{task_name}"
-        revision = self.options.revision or HUB_REVISION
+        revision = self.options.revision or self.entries[task_name]["revision"] or HUB_REVISION
         rows = load_hub_rows(repo, revision, HUB_SPLIT)
         return ([without_nonfinite(dict(r)) for r in rows], f"hf:{repo}@{revision}",
                 hub_source(repo, revision, HUB_SPLIT), hub_data_hash(rows, repo, revision), None)

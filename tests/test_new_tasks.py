@@ -542,9 +542,55 @@ def test_dynamic_superb_family_selects_catalog_tasks(tmp_path):
     from evalkit.tasks.dynamic_superb import DynamicSuperb
 
     t = DynamicSuperb.from_args({"family": "SpoofDetection"})
-    assert list(t.entries) == ["SpoofDetection_ASVspoof2017"]
+    assert list(t.entries) == ["SpoofDetection_ASVspoof2015", "SpoofDetection_ASVspoof2017"]
+    # a family keeps only what evalkit scores; one with nothing scorable says so
+    assert "HEARSpeakerCountIdentification_LibriCount-Fold1" not in DynamicSuperb.from_args(
+        {"family": "HEARMusicSpeechClassification"}).entries
+    with pytest.raises(TaskDataError, match="scores none of SuperbASR_LibriSpeech-TestClean.*generation"):
+        DynamicSuperb.from_args({"family": "SuperbASR"})
     with pytest.raises(TaskDataError, match="no catalog task is named 'Nope_...'"):
         DynamicSuperb.from_args({"family": "Nope"})
+
+
+def test_dynamic_superb_catalog_from_the_task_list():
+    """Rows of DynamicSUPERB_ConfirmedTasks.csv (figisiwirf/dynamic-superb-utils@e05554c), read by hand:
+    L2EnglishFluency_speechocean762-Scoring,...,54afc916...,Regression,,TRUE,FALSE,FALSE
+    EnvironmentRecognition_ESC50,...,1c84a965...,Classification,,FALSE,FALSE,TRUE
+    SuperbASR_LibriSpeech-TestClean,...,1832d234...,Text generation,,FALSE,FALSE,FALSE
+    SoundPositionPrediction_binaural-sound-perception,DynamicSuperb/SoundPositionPrediction_Dataset,e48346d2...(64 hex)"""
+    from evalkit.tasks.dynamic_superb import DynamicSuperb, generated_catalog
+
+    cat = generated_catalog()
+    assert len(cat) == 259 and sum("revision" in e for e in cat.values()) == 176
+    t = DynamicSuperb.from_args({"tasks": "L2EnglishFluency_speechocean762-Scoring,EnvironmentRecognition_ESC50"})
+    assert t.entries["L2EnglishFluency_speechocean762-Scoring"] == {
+        "type": "regression", "metric": "mae", "domain": "speech", "clips": 1,
+        "revision": "54afc9166f8c0bf128bfadce7d1d1e87d9c506ce"}
+    assert t.entries["EnvironmentRecognition_ESC50"]["domain"] == "audio"
+    assert t.entries["EnvironmentRecognition_ESC50"]["revision"] == "1c84a965845f0322d6958a706f5facc9949f7af9"
+    with pytest.raises(TaskDataError, match="SuperbASR_LibriSpeech-TestClean.*text-generation task.*sequence"):
+        DynamicSuperb.from_args({"tasks": "SuperbASR_LibriSpeech-TestClean"})
+    with pytest.raises(TaskDataError, match="audio output"):
+        DynamicSuperb.from_args({"tasks": "SuperbSE_VoiceBankDEMAND-Test"})
+    assert DynamicSuperb.from_args({"tasks": "SoundPositionPrediction_Dataset"}).entries[
+        "SoundPositionPrediction_Dataset"]["revision"] is None  # a 64-hex "Version" is no commit: not pinned
+    # the Phase-1 tasks: in the list (Classification, no version, no flag); the domain is evalkit's
+    assert DynamicSuperb.from_args({"tasks": "SpoofDetection_ASVspoof2017"}).entries[
+        "SpoofDetection_ASVspoof2017"] == {"type": "classification", "metric": "accuracy", "domain": "speech",
+                                           "clips": 1, "revision": None}
+
+
+def test_dynamic_superb_loads_the_pinned_revision(monkeypatch):
+    import evalkit.hub as hub
+    from evalkit.tasks.dynamic_superb import DynamicSuperb
+
+    asked = []
+    monkeypatch.setattr(hub, "load_hub_rows", lambda repo, revision, split, config=None: asked.append(
+        (repo, revision, split)) or [])
+    monkeypatch.setattr(hub, "resolve_revision", lambda repo, revision: revision)
+    DynamicSuperb.from_args({"tasks": "EnvironmentRecognition_ESC50,SpoofDetection_ASVspoof2017"}).load()
+    assert asked == [("DynamicSuperb/EnvironmentRecognition_ESC50", "1c84a965845f0322d6958a706f5facc9949f7af9", "test"),
+                     ("DynamicSuperb/SpoofDetection_ASVspoof2017", "main", "test")]
 
 
 def test_label_matching_never_guesses():
