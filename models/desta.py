@@ -25,14 +25,30 @@ transformers classes, rebuilt here:
   - Generation: the release defaults to sampling (T=0.7, top_p=0.9); its own evaluation script decodes
     greedily (do_sample=False), as evalkit does unless temperature > 0.
 
-Revisions: NOT PINNED (no verified sha for any of the three repos was available offline): pin with
-`-M revision=` / `-M llm_revision=` / `-M encoder_revision=` before publishing results.
+Revisions (searched 2026 in the docs/pages/code corpora; `-M revision=` / `-M llm_revision=` /
+`-M encoder_revision=` override):
+  - the connector repo DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B: NOT PINNED (no commit sha found; only the older
+    DeSTA-ntu/DeSTA2-8B-beta's history is indexed).
+  - the LLM its config.json names, DeSTA-ntu/Llama-3.1-8B-Instruct (the release's DeSTA25Config default and a
+    public vLLM-integration note reading that config.json; a copy of Meta's Llama-3.1-8B-Instruct): NOT PINNED
+    (no sha found). For meta-llama/Llama-3.1-8B-Instruct, should a config or -M llm_path name it, sha
+    0e9e39f249a16976918f6564b8830bc894c89659 is the one public code pins it to; it is used only for that id.
+  - openai/whisper-large-v3: PINNED to 06f233fe06e710322aca913c1bc4249a0d71fce1, the source commit named by the
+    hub mirror aoiandroid/whisper-large-v3 ("Unmodified mirror of openai/whisper-large-v3 at commit ...",
+    with the tree URL); used only when the config names that id and no -M encoder_path / encoder_revision.
+Silero VAD: the release loads it with torch.hub.load('snakers4/silero-vad', 'silero_vad') (GitHub master at
+load time, unpinned, a network fetch) and calls get_speech_timestamps(samples, model) with its defaults
+(threshold 0.5, 16 kHz). evalkit calls the same function from the pip package `silero-vad` (the wheel bundles
+the model, silero_vad/data/silero_vad.jit, so nothing is downloaded; its version is recorded in info()); a
+missing package is refused at preflight with the install line and the `-M transcription=asr` alternative.
 
 Tested on a tiny random release (tests/test_desta.py, contract suite case `desta2.5`): the real loading code
 (config.json + model.safetensors + stock Whisper/WhisperProcessor/Llama/BertEncoder from local folders), the
-prompt layout by hand, the slot contents, Whisper ASR and the VAD rule (with a stand-in VAD predicate).
+prompt layout by hand, the slot contents, Whisper ASR and the VAD rule (with a stand-in VAD predicate); the
+real silero VAD model (pip silero-vad 6.2.3) on a real speech clip, silence and faint noise
+(tests/test_desta.py, skipped where silero-vad is not installed).
 Untested: the real 8B checkpoint (no weights offline; numbers against the release's own `desta` package
-not compared), the real silero VAD model, and bf16 on GPU.
+not compared), whether pip silero-vad and the release's torch.hub master agree, and bf16 on GPU.
 """
 from __future__ import annotations
 
@@ -58,7 +74,20 @@ from evalkit.models.hf_common import (
 from evalkit.types import Request, Response
 
 HUB_ID = "DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B"
-REVISION: str | None = None  # NOT PINNED
+REVISION: str | None = None  # NOT PINNED (no sha found; see the module docstring)
+#: default revisions of the sub-models, by hub id, where a commit sha was found (module docstring: sources)
+KNOWN_REVISIONS: dict[str, str] = {
+    "openai/whisper-large-v3": "06f233fe06e710322aca913c1bc4249a0d71fce1",
+    "meta-llama/Llama-3.1-8B-Instruct": "0e9e39f249a16976918f6564b8830bc894c89659",
+}
+
+
+def sub_model_revision(hub_id: str, explicit: str | None, local_path: bool) -> str | None:
+    """The revision a sub-model loads at: -M ..._revision, else the known pin for that hub id (never for a
+    local folder, which has no revision)."""
+    if explicit or local_path:
+        return explicit
+    return KNOWN_REVISIONS.get(hub_id)
 DEFAULT_SYSTEM_PROMPT = "Focus on the audio clips and instructions."
 SAMPLE_RATE = 16000
 WINDOW_S = 30.0  # Whisper's input window: the release feeds one 30 s mel window per clip
@@ -226,8 +255,11 @@ class DeSTA25Audio(Model):
         self.llm_id, self.encoder_id = llm_id, enc_id
         tr = c.trust_remote_code
         llm_src, enc_src = c.llm_path or llm_id, c.encoder_path or enc_id
-        llm_common = dict(hub_id=llm_id, revision=c.llm_revision, trust_remote_code=tr, local_path=bool(c.llm_path))
-        enc_common = dict(hub_id=enc_id, revision=c.encoder_revision, trust_remote_code=tr,
+        self.llm_revision = sub_model_revision(llm_id, c.llm_revision, bool(c.llm_path))
+        self.encoder_revision = sub_model_revision(enc_id, c.encoder_revision, bool(c.encoder_path))
+        llm_common = dict(hub_id=llm_id, revision=self.llm_revision, trust_remote_code=tr,
+                          local_path=bool(c.llm_path))
+        enc_common = dict(hub_id=enc_id, revision=self.encoder_revision, trust_remote_code=tr,
                           local_path=bool(c.encoder_path))
         tok = load_pretrained(transformers.AutoTokenizer, llm_src, what="LLM tokenizer", **llm_common)
         llm = load_pretrained(transformers.AutoModelForCausalLM, llm_src, what="LLM", dtype=self._dtype, **llm_common)
@@ -408,7 +440,10 @@ class DeSTA25Audio(Model):
         }
         if not (c.revision or REVISION):
             d["revision_note"] = "NOT PINNED: pin -M revision / llm_revision / encoder_revision before publishing"
+        if c.transcription == "vad":
+            d["silero_vad"] = _silero_version()
         if self._loaded:
+            d.update(llm_revision=self.llm_revision, encoder_revision=self.encoder_revision)
             d.update(llm=self.llm_id, encoder=self.encoder_id, llm_commit=self.llm_commit,
                      encoder_commit=self.encoder_commit, prompt_size=self.connector.prompt_size,
                      target_layers=self.connector.target_layer_ids)
@@ -432,3 +467,12 @@ def _silero():
                           "(differs from the release on non-speech audio)") from None
     vad = load_silero_vad()
     return lambda x: get_speech_timestamps(x, vad, sampling_rate=SAMPLE_RATE)
+
+
+def _silero_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("silero-vad")
+    except Exception:
+        return None

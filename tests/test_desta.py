@@ -289,3 +289,32 @@ def test_precision_follows_the_release(release):
     r = m.generate([request("a", "Q", clip(2))])[0]
     assert r.error is None, r.error
     assert m.info()["audio_dtype"] == "float32"
+
+
+def test_sub_model_revisions_pin_only_the_ids_they_were_found_for():
+    from evalkit.models.desta import sub_model_revision
+
+    # openai/whisper-large-v3 @ 06f233fe... (the commit the hub mirror aoiandroid/whisper-large-v3 names)
+    assert sub_model_revision("openai/whisper-large-v3", None, False) == "06f233fe06e710322aca913c1bc4249a0d71fce1"
+    assert sub_model_revision("openai/whisper-large-v3", "abc", False) == "abc"  # -M encoder_revision wins
+    assert sub_model_revision("openai/whisper-large-v3", None, True) is None  # a local folder has no revision
+    assert sub_model_revision("DeSTA-ntu/Llama-3.1-8B-Instruct", None, False) is None  # no sha found: NOT PINNED
+    assert sub_model_revision("openai/whisper-tiny", None, False) is None
+
+
+def test_real_silero_vad_hears_speech_and_not_silence():
+    """The pip package's bundled model (no download): a real speech clip of the demo set is speech;
+    silence and faint noise are not. Skipped where silero-vad is not installed."""
+    pytest.importorskip("silero_vad")
+    import soundfile as sf
+    import torch
+
+    from evalkit.models.desta import SAMPLE_RATE, _silero
+
+    vad = _silero()
+    speech, sr = sf.read(Path(__file__).resolve().parents[1] / "tasks/sseu/synth/speech/s01.flac", dtype="float32")
+    assert sr == SAMPLE_RATE
+    assert len(vad(torch.as_tensor(speech))) >= 1
+    assert vad(torch.zeros(SAMPLE_RATE * 2)) == []
+    noise = np.random.default_rng(0).standard_normal(SAMPLE_RATE * 2).astype("float32") * 1e-3
+    assert vad(torch.as_tensor(noise)) == []
