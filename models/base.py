@@ -24,7 +24,9 @@ class Model:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     #: "audio": accepts audio parts; "text": accepts text-only requests;
-    #: "multi_audio": more than one audio part per request.
+    #: "multi_audio": more than one audio part per request; "multi_turn_audio": a conversation whose
+    #: earlier turns (assistant replies included) reach the model and whose later user turns carry audio
+    #: too (what --strategy relisten sends; implies "multi_audio").
     capabilities: ClassVar[frozenset[str]] = frozenset({"text"})
     Config: ClassVar[type[AdapterConfig]] = AdapterConfig
     #: rate the runner decodes audio to before `generate` (None: native rate)

@@ -205,7 +205,7 @@ class Cascade(Model):
     name: ClassVar[str] = "cascade"
     description: ClassVar[str] = "audio captioner -> text LLM (captions cached per clip and captioner)"
     source: ClassVar[str] = "-M captioner=SPEC -M llm=SPEC"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"audio", "text", "multi_audio"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"audio", "text", "multi_audio", "multi_turn_audio"})
     Config: ClassVar[type[AdapterConfig]] = CascadeConfig
     #: audio is decoded by the captioner itself, and only for clips without a caption
     sample_rate: ClassVar[int | None] = None

@@ -214,7 +214,7 @@ class DeSTA25Audio(Model):
     name = "desta2.5"
     description = "DeSTA2.5-Audio (Llama-3.1-8B + Whisper-large-v3 + Q-Former; transformers)"
     source = f"Hugging Face {HUB_ID} (+ its LLM and Whisper repos); github.com/kehanlu/DeSTA2.5-Audio"
-    capabilities = frozenset({"audio", "text", "multi_audio"})
+    capabilities = frozenset({"audio", "text", "multi_audio", "multi_turn_audio"})
     Config = DestaConfig
     sample_rate = SAMPLE_RATE
     default_batch_size = 4

@@ -66,6 +66,9 @@ class Preset:
     sample_rate: int = 16000
     system_prompt: str | None = None  # prepended when a request has no system turn; None: the template's default
     multi_audio: bool = True
+    #: the chat template renders the whole conversation, audio in any user turn included (a later turn's clip
+    #: and the assistant's earlier replies reach the model): --strategy relisten needs it
+    multi_turn_audio: bool = True
     #: the checkpoint's generation_config samples by default (greedy is forced anyway; logged in info)
     samples_by_default: bool = False
     extra_generate_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -86,7 +89,7 @@ PRESETS: dict[str, Preset] = {
         notes="thinker only (text output, no talker / audio output); weights load from the full checkpoint"),
     "audio-flamingo-3": Preset(
         hub_id="nvidia/audio-flamingo-3-hf", model_class="AudioFlamingo3ForConditionalGeneration",
-        min_transformers="5.0.0", audio_kwarg="audio", multi_audio=False,
+        min_transformers="5.0.0", audio_kwarg="audio", multi_audio=False, multi_turn_audio=False,
         notes="one audio per prompt (the processor pairs texts and audios 1:1); 30 s windows, <= 10 min"),
     "voxtral-mini": Preset(
         hub_id="mistralai/Voxtral-Mini-3B-2507", model_class="VoxtralForConditionalGeneration",
@@ -134,7 +137,7 @@ class HFAudioLM(Model):
     audio_fed = "reported"  # measured on the processor's feature mask (Qwen2-Audio keeps the first 30 s)
     description = "audio LLMs through transformers (presets: " + ", ".join(PRESETS) + ")"
     source = "Hugging Face transformers"
-    capabilities = frozenset({"audio", "text", "multi_audio"})
+    capabilities = frozenset({"audio", "text", "multi_audio", "multi_turn_audio"})
     Config = HFAudioConfig
     sample_rate = 16000
     default_batch_size = 8
@@ -161,8 +164,10 @@ class HFAudioLM(Model):
         self.audio_kwarg = c.audio_kwarg or (p.audio_kwarg if p else "audio")
         self.system_prompt = c.system_prompt or (p.system_prompt if p else None)
         self.sample_rate = p.sample_rate if p else 16000
-        if p is not None and not p.multi_audio:
-            self.capabilities = frozenset({"audio", "text"})
+        if p is not None:  # a preset narrows the class's capabilities (the runner checks the instance too)
+            self.capabilities = frozenset(c for c in type(self).capabilities
+                                          if (c != "multi_audio" or p.multi_audio)
+                                          and (c != "multi_turn_audio" or (p.multi_audio and p.multi_turn_audio)))
         if c.batch_size:
             self.preferred_batch_size = c.batch_size
         self._model = self._processor = None

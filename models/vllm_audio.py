@@ -507,7 +507,7 @@ class VLLMAudio(Model):
     description: ClassVar[str] = ("audio LLMs on vLLM's offline engine (Qwen2-Audio, Qwen2.5-Omni, Ultravox, Audio "
                                   "Flamingo 3, MiDashengLM, Voxtral, generic)")
     source: ClassVar[str] = "https://docs.vllm.ai (extra: evalkit[vllm])"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"audio", "text", "multi_audio"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"audio", "text", "multi_audio", "multi_turn_audio"})
     Config: ClassVar[type[AdapterConfig]] = VLLMConfig
     sample_rate: ClassVar[int | None] = 16000
     default_batch_size: ClassVar[int] = 100000

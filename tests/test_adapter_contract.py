@@ -844,7 +844,8 @@ def test_capabilities_consistent_with_behaviour(built):
 
     m, c = built.model, built.case
     caps = set(m.capabilities)
-    assert caps <= {"audio", "text", "multi_audio"}, caps
+    assert caps <= {"audio", "text", "multi_audio", "multi_turn_audio"}, caps
+    assert "multi_turn_audio" not in caps or "multi_audio" in caps, caps
     # an instance may narrow its class's capabilities (the runner checks the class first), never widen them
     assert caps <= set(type(m).capabilities), (caps, type(m).capabilities)
     assert ("audio" in caps) == c.audio, caps
@@ -902,6 +903,47 @@ def test_multi_audio_capability_consistent(built, request):
     _, w13 = built.observe(m, built.request("multi", 0, clip=[built.clip(1), built.clip(3)]))
     for what, x, y in zip(built.witness, w12, w13):
         assert x != y, f"changing the second clip did not change the {what} ({x!r}): the second clip is dropped"
+
+
+def _two_turns(built: Built, later: AudioRef, reply: str = "<seg>0.1,0.3</seg>") -> Request:
+    """What --strategy relisten sends in its second turn: the clip and question, the model's reply, then a
+    user turn with a second clip."""
+    r = built.request("turns", 0, clip=built.clip(1))
+    r.messages += [{"role": "assistant", "content": [{"type": "text", "text": reply}]},
+                   {"role": "user", "content": [{"type": "audio", "audio": later},
+                                                {"type": "text", "text": "This is the segment. Answer now."}]}]
+    return r
+
+
+def test_multi_turn_audio_capability_consistent(built, request):
+    """An adapter with "multi_turn_audio" answers a conversation whose later user turn carries a clip: that
+    clip reaches the model, and so does the assistant's earlier reply. One without it is refused by
+    --strategy relisten before any work (class and instance)."""
+    from plugins import ToyMCQ
+
+    from evalkit.engine.strategies import Relisten, StrategyError
+
+    known_violation(request, built)
+    m, c = built.model, built.case
+    spec = RunSpec(model=c.name, task=ToyMCQ.name, strategy="relisten")
+    if "multi_turn_audio" not in set(m.capabilities):
+        with pytest.raises(StrategyError, match="multi_turn_audio"):
+            Relisten().check(ToyMCQ, m, spec)
+        return
+    assert "multi_turn_audio" in set(type(m).capabilities)
+    Relisten().check(ToyMCQ, type(m), spec)
+    Relisten().check(ToyMCQ, m, spec)
+    (r,) = m.generate([_two_turns(built, built.clip(2))])
+    assert r.error is None and isinstance(r.text, str), r.error
+    if "audio_probe" not in c.skip:
+        _, w2 = built.observe(m, _two_turns(built, built.clip(2)))
+        _, w3 = built.observe(m, _two_turns(built, built.clip(3)))
+        for what, x, y in zip(built.witness, w2, w3):
+            assert x != y, f"changing the later turn's clip did not change the {what} ({x!r}): it is dropped"
+    if "prompt_probe" not in c.skip:
+        oa, wa = built.observe(m, _two_turns(built, built.clip(2)))
+        ob, wb = built.observe(m, _two_turns(built, built.clip(2), reply="It sounds like a dog barking."))
+        assert (wa, oa.text) != (wb, ob.text), f"the assistant's earlier reply changed nothing ({wa!r}): history dropped"
 
 
 # ------------------------------------------------------------------------------------ 9. long clip

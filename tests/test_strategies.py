@@ -39,7 +39,7 @@ class CoinConfig(AdapterConfig):
 
 class Coin(Model):
     name = "coin"
-    capabilities = frozenset({"audio", "text", "multi_audio"})
+    capabilities = frozenset({"audio", "text", "multi_audio", "multi_turn_audio"})
     Config = CoinConfig
     volatile_args = frozenset({"log", "raise_on"})
     default_batch_size = 4
@@ -420,7 +420,7 @@ def test_relisten_sends_the_asked_segment(tmp_path, reg, tag, samples, turns):
     assert res.run["metrics"]["accuracy"]["value"] == 100.0
 
 
-def test_relisten_needs_a_multi_audio_adapter(tmp_path, reg):
+def test_relisten_needs_a_multi_turn_audio_adapter(tmp_path, reg):
     d = make_mcq(tmp_path, 3, seconds=1.0)
-    with pytest.raises(RunConfigError, match="multi_audio"):
+    with pytest.raises(RunConfigError, match="lacks the multi_turn_audio capability"):
         run_task(spec(d, "relisten", model="scripted"))

@@ -553,6 +553,12 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
             if pending:
                 model = holder.model
                 check_pairing(model, task, spec)
+                if strategy is not None:  # the instance may narrow its class's capabilities (hf -M preset=...)
+                    try:
+                        strategy.check(task, model, spec)
+                        strategy.check_selected(selected, model)
+                    except StrategyError as e:
+                        raise RunConfigError(str(e)) from None
                 calls, model_s = _run_pending(task, model, spec, pending, store, progress, digests, strategy)
             stopped = None
         except RunStopped as e:

@@ -434,9 +434,17 @@ class Relisten(Strategy):
         if task.modality != "audio" or spec.no_audio:
             raise StrategyError("--strategy relisten cuts segments from the item's audio: it needs an audio task "
                                 "and cannot run with --no-audio")
-        if "multi_audio" not in set(model_cls.capabilities):
-            raise StrategyError(f"--strategy relisten sends the clip and then its segments in one conversation: "
-                                f"adapter {model_cls.name!r} lacks the multi_audio capability")
+        if "multi_turn_audio" not in set(model_cls.capabilities):
+            raise StrategyError(f"--strategy relisten sends the clip and then its segments in later turns of one "
+                                f"conversation: adapter {model_cls.name!r} lacks the multi_turn_audio capability "
+                                "(its earlier turns or the audio of later turns would not reach the model)")
+
+    def check_selected(self, presentations: list[Presentation], model_cls) -> None:
+        multi = [p.sample for p in presentations if len(p.sample.audio) != 1]
+        if multi:
+            raise StrategyError(f"--strategy relisten cuts segments from an item's one clip: {len(multi)} items have "
+                                f"{len(multi[0].audio)} clips (first: {multi[0].id!r})")
+
 
     def plan(self, ctx: Context, done: list[dict[str, Any]]) -> list[SubCall]:
         clips = ctx.base.audio()
@@ -491,7 +499,10 @@ class Relisten(Strategy):
         sc = task.score(_plain(rec))
         segs = [c.get("segment") for c in s["calls"] if c.get("segment")]
         s["aggregate"] = {"turns": len(s["calls"]), "segments": sum("error" not in g for g in segs),
-                          "segment_errors": sum("error" in g for g in segs)}
+                          "segment_errors": sum("error" in g for g in segs),
+                          "clamped": sum(bool(g.get("clamped")) for g in segs),
+                          # the model asked again with no rounds left: told to answer (the last call's "final")
+                          "final_ask": any(c.get("final") for c in s["calls"])}
         return {**sc, "strategy": s}
 
 

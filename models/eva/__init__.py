@@ -101,7 +101,7 @@ class EvA(Model):
     audio_fed = "all"  # Whisper in 30 s chunks, CED in its chunks: every second is encoded
     description = "EvA: Kimi-Audio (or Qwen2.5-Omni) + CED-Base evidence branch (needs local weights)"
     source = "github.com/satsuki2486441738/EvA (arXiv 2603.27667); moonshotai/Kimi-Audio-7B-Instruct; mispeech/ced-base"
-    capabilities = frozenset({"audio", "text", "multi_audio"})
+    capabilities = frozenset({"audio", "text", "multi_audio", "multi_turn_audio"})
     Config = EvAConfig
     sample_rate = 16000
     default_batch_size = 8
