@@ -198,7 +198,7 @@ def run(
     output: Path = typer.Option(Path("results/runs"), help="Runs go to OUTPUT/<run_id>/."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     strategy: str | None = typer.Option(None, "--strategy", help="Inference-time strategy: self-consistency, "
-                                        "audio-permutation, cot, relisten (steer: not implemented)."),
+                                        "audio-permutation, cot, relisten, steer."),
     strategy_arg: list[str] | None = typer.Option(None, "--strategy-arg", "-S",
                                                   help="Strategy setting key=value, e.g. -S k=5 -S temperature=0.7."),
 ) -> None:
@@ -259,7 +259,8 @@ def run(
         try:
             get_strategy(strategy, sargs)
         except ValidationError as e:
-            fail(explain_options_error(e, "-S", f"strategy {strategy!r}", STRATEGIES[strategy].Options.model_fields))
+            fields = {f.alias or k: f for k, f in STRATEGIES[strategy].Options.model_fields.items()}  # -S from=
+            fail(explain_options_error(e, "-S", f"strategy {strategy!r}", fields))
         except ValueError as e:
             fail(str(e))
     targs = parse_kv(task_arg, "-T")

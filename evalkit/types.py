@@ -185,4 +185,4 @@ class Response:
     extra: dict[str, Any] = field(default_factory=dict)  # adapter-specific log fields (e.g. caption)
 
 
-Capability = Literal["audio", "text", "multi_audio", "multi_turn_audio"]
+Capability = Literal["audio", "text", "multi_audio", "multi_turn_audio", "steer"]

@@ -27,6 +27,8 @@ class Model:
     #: "multi_audio": more than one audio part per request; "multi_turn_audio": a conversation whose
     #: earlier turns (assistant replies included) reach the model and whose later user turns carry audio
     #: too (what --strategy relisten sends; implies "multi_audio").
+    #: "steer": the steering protocol of --strategy steer (evalkit.models.hf_common.Steerable:
+    #: decoder_layers, hidden_size, last_token_activations, steering).
     capabilities: ClassVar[frozenset[str]] = frozenset({"text"})
     Config: ClassVar[type[AdapterConfig]] = AdapterConfig
     #: rate the runner decodes audio to before `generate` (None: native rate)
@@ -46,6 +48,12 @@ class Model:
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> Model:
         return cls(cls.Config(**args))
+
+    @classmethod
+    def capabilities_for(cls, config: AdapterConfig) -> frozenset[str]:
+        """The capabilities an instance built from `config` will have, known without building it (no weights
+        loaded), so that an impossible pairing is refused before any work. Default: the class's."""
+        return cls.capabilities
 
     @classmethod
     def preflight(cls, config: AdapterConfig) -> None:

@@ -34,6 +34,7 @@ from evalkit.models.base import Model
 from evalkit.models.hf_common import (
     HFLoadError,
     HFLoadOptions,
+    Steerable,
     checkpoint_sampling_defaults,
     dtype_name,
     generate_batch,
@@ -132,12 +133,12 @@ def _wav_base64(x, sr: int) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class HFAudioLM(Model):
+class HFAudioLM(Steerable, Model):
     name = "hf"
     audio_fed = "reported"  # measured on the processor's feature mask (Qwen2-Audio keeps the first 30 s)
     description = "audio LLMs through transformers (presets: " + ", ".join(PRESETS) + ")"
     source = "Hugging Face transformers"
-    capabilities = frozenset({"audio", "text", "multi_audio", "multi_turn_audio"})
+    capabilities = frozenset({"audio", "text", "multi_audio", "multi_turn_audio", "steer"})  # steer: hf_common.Steerable
     Config = HFAudioConfig
     sample_rate = 16000
     default_batch_size = 8
@@ -250,13 +251,19 @@ class HFAudioLM(Model):
             raise ValueError(f"{self.config.preset or self.hub_id} takes one audio per prompt; got {len(audios)}")
         return conv, audios
 
-    def _encode(self, convs: list[list[dict]], audios: list[list]) -> dict[str, Any]:
-        """Tokenize a batch with the model's own processor and chat template."""
+    def _encode(self, convs: list[list[dict]], audios: list[list], suffixes: list[str] | None = None) -> dict[str, Any]:
+        """Tokenize a batch with the model's own processor and chat template (`suffixes`: text appended
+        after each generation prompt, as the start of the assistant's reply)."""
         _, proc = self._load()
         if self.audio_kwarg is None:  # the processor's apply_chat_template tokenizes and loads audio (Voxtral)
+            if any(suffixes or ()):
+                raise ValueError(f"{self.config.preset or self.hub_id}: the processor tokenizes the conversation "
+                                 "itself, so no text can follow the generation prompt (a steering pair with a "
+                                 "\"prompt\" and completions); give the pair without \"prompt\"")
             inputs = proc.apply_chat_template(convs)
         else:
             texts = [proc.apply_chat_template(cv, add_generation_prompt=True, tokenize=False) for cv in convs]
+            texts = [t + s for t, s in zip(texts, suffixes)] if suffixes else texts
             flat = [a for per in audios for a in per]
             # pad the texts only: a top-level `padding=True` also reaches the feature extractor, which then
             # pads audio to the longest clip instead of the 30 s window Whisper-style encoders need (AF3)
@@ -266,6 +273,16 @@ class HFAudioLM(Model):
                 kw["sampling_rate"] = self.processor_sample_rate
             inputs = proc(**kw)
         return move_inputs(inputs, self._device, self._dtype)
+
+    # ------------------------------------------------------------------ steering (hf_common.Steerable)
+    def _steer_model(self):
+        return self._load()[0]
+
+    def _steer_inputs(self, request: Request, continuation: str) -> dict[str, Any]:
+        conv, audios = self._conversation(request)
+        if audios:
+            raise ValueError("steering prompts are text only")
+        return self._encode([conv], [[]], [continuation])
 
     # ------------------------------------------------------------------ generation
     def _fed_seconds(self, inputs: dict[str, Any], prepared: list[tuple[list, list]]) -> list[float | None]:
@@ -405,7 +422,7 @@ class Qwen25OmniHF(HFAudioLM):
 class AudioFlamingo3HF(HFAudioLM):
     name = "audio-flamingo-3"
     description = "Audio Flamingo 3 (transformers)"
-    capabilities = frozenset({"audio", "text"})
+    capabilities = frozenset({"audio", "text", "steer"})
     fixed_preset = "audio-flamingo-3"
 
 

@@ -14,13 +14,17 @@
 - `generation_kwargs()` / `generate_batch()`: left-padded batched generation, greedy unless
   temperature > 0 (which also overrides checkpoints that sample by default), seeded, decoding
   only the new tokens; the effective generation config is returned for `info()`.
+- `Steerable`: the "steer" capability (`--strategy steer`, evalkit/engine/strategies.py) written once for
+  every transformers adapter: the language model's decoder layers, the residual stream at the last token
+  of text-only prompts, and additive forward hooks that are always removed.
 
 Nothing heavy is imported at module import time: torch/transformers load inside functions.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from pydantic import Field
@@ -304,3 +308,102 @@ def generate_batch(model: Any, tokenizer: Any, inputs: dict[str, Any], gen: Gene
     texts = tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     effective = {**{k: v for k, v in kw.items()}, "seed": gen.seed}
     return [t.strip() for t in texts], effective
+
+
+# ---------------------------------------------------------------------------- steering
+def decoder_layers(model: Any):
+    """The language model's decoder layers (an nn.ModuleList) of a causal LM or an audio LLM wrapping one
+    (`get_decoder().layers`: Qwen2ForCausalLM -> model.layers, Qwen2-Audio -> model.language_model.layers)."""
+    get = getattr(model, "get_decoder", None)
+    layers = getattr(get(), "layers", None) if callable(get) else None
+    if layers is None or not len(layers):
+        raise ValueError(f"{type(model).__name__}: cannot find the decoder layers (get_decoder().layers), so it "
+                         "cannot be steered")
+    return layers
+
+
+class Steerable:
+    """The "steer" capability for a transformers adapter (the protocol `Steer` in
+    evalkit/engine/strategies.py uses). Layer i is decoder layer i, 0-based; its residual stream is the
+    layer's output (`output_hidden_states`' hidden_states[i + 1], except that transformers puts the last
+    layer's output there after the final norm; here it is the layer's own output, before that norm).
+
+    The adapter provides `_steer_model()` (its loaded torch model) and `_steer_inputs(request, continuation)`:
+    the model inputs of one text-only request rendered exactly as for generation (chat template, system
+    prompt), with `continuation` appended after the generation prompt, as tensors on the model's device."""
+
+    def _steer_model(self) -> Any:
+        raise NotImplementedError
+
+    def _steer_inputs(self, request: Request, continuation: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def decoder_layers(self):
+        return decoder_layers(self._steer_model())
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self._steer_model().config.get_text_config().hidden_size)
+
+    def last_token_activations(self, requests: list[Request], layers: list[int],
+                               continuations: list[str] | None = None):
+        """float32 numpy [len(requests), len(layers), hidden_size]: each chosen layer's output at the last
+        token of each prompt (one forward pass per prompt, so no padding enters)."""
+        import numpy as np
+
+        torch, _ = import_hf()
+        model, mods = self._steer_model(), self.decoder_layers()
+        bad = [i for i in layers if not 0 <= i < len(mods)]
+        if bad:
+            raise ValueError(f"layers {bad}: the model has {len(mods)} decoder layers (0..{len(mods) - 1})")
+        continuations = continuations if continuations is not None else [""] * len(requests)
+        out = np.zeros((len(requests), len(layers), self.hidden_size), dtype=np.float32)
+        seen: dict[int, Any] = {}
+
+        def capture(i):
+            def hook(mod, args, output):
+                h = output[0] if isinstance(output, tuple) else output
+                seen[i] = h[0, -1].detach().float().cpu().numpy()
+            return hook
+
+        handles = [mods[i].register_forward_hook(capture(i)) for i in layers]
+        try:
+            with torch.inference_mode():
+                for n, (r, c) in enumerate(zip(requests, continuations)):
+                    seen.clear()
+                    inputs = {k: v for k, v in self._steer_inputs(r, c).items() if k != "num_audio_tokens"}
+                    model(**inputs, use_cache=False)
+                    for j, i in enumerate(layers):
+                        out[n, j] = seen[i]
+        finally:
+            for h in handles:
+                h.remove()
+        return out
+
+    @contextmanager
+    def steering(self, vectors: dict[int, Any], alpha: float) -> Iterator[None]:
+        """Inside the block, alpha * vectors[i] is added to decoder layer i's output at every position (the
+        prompt and each generated token); the hooks are removed on leaving it, also on an exception."""
+        torch, _ = import_hf()
+        mods = self.decoder_layers()
+        bad = [i for i in vectors if not 0 <= i < len(mods)]
+        if bad:
+            raise ValueError(f"layers {bad}: the model has {len(mods)} decoder layers (0..{len(mods) - 1})")
+
+        def add(delta):
+            def hook(mod, args, output):
+                if isinstance(output, tuple):
+                    return (output[0] + delta, *output[1:])
+                return output + delta
+            return hook
+
+        handles = []
+        try:
+            for i, v in sorted(vectors.items()):
+                param = next(mods[i].parameters())  # the layer's own device and dtype
+                delta = (torch.as_tensor(v, dtype=torch.float32) * float(alpha)).to(param.device, param.dtype)
+                handles.append(mods[i].register_forward_hook(add(delta)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()

@@ -35,7 +35,9 @@ Backends (`-M backend=hf|vllm|openai`):
           `-M openai='{"max_retries": 3}'` for any other setting.
 Capabilities are {"text"}: the runner refuses an audio task unless `--no-audio` (the explicit
 no-audio ablation) drops the audio; an audio part that still reaches the adapter is refused per
-request. `system_prompt` adds a system message when a request has none.
+request. backend=hf adds "steer" (`--strategy steer`, evalkit.models.hf_common.Steerable: the
+steering prompts are rendered as `render` renders a request). `system_prompt` adds a system message
+when a request has none.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from evalkit.models.base import AdapterConfig, Model
+from evalkit.models.hf_common import Steerable
 from evalkit.types import GenerationConfig, Request, Response
 
 AUDIO_REFUSED = ("audio part sent to a text-only model: run the task with --no-audio (the explicit "
@@ -289,11 +292,11 @@ class _RefusingAudio:
         self.inner.close()
 
 
-class TextLLM(Model):
+class TextLLM(Steerable, Model):
     name: ClassVar[str] = "text"
     description: ClassVar[str] = "text-only LLM (backend=hf|vllm|openai): AKB-2000 probing, cascade second stage"
     source: ClassVar[str] = "transformers / vLLM / OpenAI-compatible endpoint"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"text"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"text", "steer"})  # steer: backend=hf only
     Config: ClassVar[type[AdapterConfig]] = TextLLMConfig
     sample_rate: ClassVar[int | None] = None
     needs_audio: ClassVar[bool] = False
@@ -306,6 +309,7 @@ class TextLLM(Model):
         super().__init__(config)
         c = config
         self._backend: Any
+        self.capabilities = self.capabilities_for(c)
         if c.backend == "hf":
             self._backend = _HFBackend(c)
             self.preferred_batch_size = c.batch_size
@@ -321,6 +325,21 @@ class TextLLM(Model):
             inner = OpenAICompatible(c.openai_config())
             self._backend = _RefusingAudio(inner)
             self.preferred_batch_size = inner.preferred_batch_size
+
+    @classmethod
+    def capabilities_for(cls, config: TextLLMConfig) -> frozenset[str]:
+        return cls.capabilities if config.backend == "hf" else cls.capabilities - {"steer"}
+
+    def _steer_model(self):
+        if not isinstance(self._backend, _HFBackend):
+            raise ValueError(f"--strategy steer needs backend=hf (backend is {self.config.backend})")
+        return self._backend.model
+
+    def _steer_inputs(self, request: Request, continuation: str) -> dict[str, Any]:
+        self._steer_model()  # backend=hf, or the error naming it
+        b = self._backend
+        prompt = b.render(_with_system(request, self.config.system_prompt)) + continuation
+        return {k: v.to(b.device) for k, v in b.encode([prompt]).items()}
 
     def generate(self, requests: list[Request]) -> list[Response]:
         if not requests:

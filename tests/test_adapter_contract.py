@@ -844,7 +844,9 @@ def test_capabilities_consistent_with_behaviour(built):
 
     m, c = built.model, built.case
     caps = set(m.capabilities)
-    assert caps <= {"audio", "text", "multi_audio", "multi_turn_audio"}, caps
+    assert caps <= {"audio", "text", "multi_audio", "multi_turn_audio", "steer"}, caps
+    if "steer" in caps:  # the protocol --strategy steer calls (hf_common.Steerable)
+        assert all(callable(getattr(m, f, None)) for f in ("decoder_layers", "last_token_activations", "steering"))
     assert "multi_turn_audio" not in caps or "multi_audio" in caps, caps
     # an instance may narrow its class's capabilities (the runner checks the class first), never widen them
     assert caps <= set(type(m).capabilities), (caps, type(m).capabilities)

@@ -32,8 +32,9 @@ SR = 16000
 
 
 # ---------------------------------------------------------------------------- tiny model
-def build_tiny_qwen2_audio(out_dir: Path, seed: int = 0) -> Path:
-    """Save a tiny random Qwen2-Audio checkpoint + processor (the real chat template) to out_dir."""
+def build_tiny_qwen2_audio(out_dir: Path, seed: int = 0, layers: int = 2) -> Path:
+    """Save a tiny random Qwen2-Audio checkpoint + processor (the real chat template) to out_dir
+    (`layers` decoder layers in its language model)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import GenerationConfig as HFGen
     from transformers import (
@@ -61,7 +62,7 @@ def build_tiny_qwen2_audio(out_dir: Path, seed: int = 0) -> Path:
         audio_config=dict(model_type="qwen2_audio_encoder", d_model=32, encoder_layers=1, encoder_attention_heads=2,
                           encoder_ffn_dim=64, num_mel_bins=128, max_source_positions=1500),
         text_config=dict(model_type="qwen2", vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=1024),
         audio_token_index=vocab["<|AUDIO|>"])
     torch.manual_seed(seed)

@@ -250,7 +250,7 @@ def test_strategy_is_part_of_the_run_id_and_options_are_typed(tmp_path, reg):
         run_task(spec(d, "self-consistency", sopts={"temperature": 0}))
     with pytest.raises(RunConfigError, match="unknown"):
         run_task(spec(d, "majority"))
-    with pytest.raises(NotImplementedError, match="hook"):
+    with pytest.raises(RunConfigError, match="lacks the steer capability"):  # tests/test_steer.py
         run_task(spec(d, "steer"))
 
 

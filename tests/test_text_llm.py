@@ -13,11 +13,16 @@ TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
+    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+def build_tiny_qwen2(d, layers: int = 2):
+    """A tiny random Qwen2ForCausalLM (hidden 32, `layers` decoder layers) + a word-level tokenizer with a chat
+    template, saved to d."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    d = tmp_path_factory.mktemp("tiny-qwen2")
     specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", "<eos>"]
     vocab = {t: i for i, t in enumerate(specials + WORDS + ["?", ".", "(", ")", ":"])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -27,8 +32,8 @@ def tiny_model(tmp_path_factory):
     fast.chat_template = TEMPLATE
     fast.save_pretrained(d)
     torch.manual_seed(0)
-    cfg = transformers.Qwen2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    cfg = transformers.Qwen2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                                    eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"], tie_word_embeddings=True)
     transformers.Qwen2ForCausalLM(cfg).save_pretrained(d)
     return d
@@ -67,7 +72,7 @@ def test_hf_backend_batched_equals_single(tiny_model):
     from evalkit.models.text_llm import TextLLM
 
     m = TextLLM.from_args({"path": str(tiny_model), "batch_size": 4, "device": "cpu"})
-    assert m.capabilities == frozenset({"text"})
+    assert m.capabilities == frozenset({"text", "steer"})  # steer: backend=hf (tests/test_steer.py)
     texts = ["what is the answer ?", "dog or cat ?", "be brief : one two three question sound", "yes"]
     batched = m.generate([treq(f"k{i}", t) for i, t in enumerate(texts)])
     assert [r.key for r in batched] == ["k0", "k1", "k2", "k3"]

@@ -14,6 +14,7 @@ over records that reached the model.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -425,11 +426,17 @@ def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store:
     fatal_run: list[str] = []  # causes of consecutive fatal responses
     fatal_total, last_cause = 0, ""
     driver, answer = None, _stream
+    session = contextlib.ExitStack()  # what a strategy changes in the model (steering hooks), undone on any exit
     if strategy is not None:  # each request becomes the strategy's sub-calls, asked through _stream
         driver = Driver(strategy, task, spec, store.dir, {p.key: p for p in pending},
                         lambda p: build_request(task, p, spec), _stream, normalize_response, model.sample_rate)
         answer = driver.stream
     try:
+        if strategy is not None:
+            try:
+                session.enter_context(strategy.session(model, store.dir))
+            except StrategyError as e:
+                raise RunConfigError(str(e)) from None
         for bi in range(len(batches)):
             futures = ahead.popleft()
             if bi + PREFETCH_BATCHES < len(batches):
@@ -483,6 +490,7 @@ def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store:
             raise RunStopped(f"{fatal_total} requests failed in a way that would fail them again (last: {last_cause}); "
                              "they are not recorded")
     finally:
+        session.close()
         pool.shutdown(wait=True, cancel_futures=True)
         if driver is not None:
             driver.close()
@@ -676,8 +684,8 @@ def build_run_record(spec: RunSpec, task, data, holder: ModelHolder, run_id: str
         "long_audio": long_audio_summary(records),
         # position bias and extraction diagnostics; the audio check's entry (written after the run) is kept
         "diagnostics": {**(previous or {}).get("diagnostics", {}), **run_diagnostics(task, answered)},
-        **({"strategy": {**spec.make_strategy().identity(), **(run_summary(task, answered) or {})}}
-           if spec.strategy else {}),
+        **({"strategy": {**(strat := spec.make_strategy()).identity(), **(run_summary(task, answered) or {}),
+                         **strat.run_info(Path(spec.output) / run_id)}} if spec.strategy else {}),
     }
 
 

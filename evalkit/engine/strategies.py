@@ -15,7 +15,12 @@ What lands where:
   A voting strategy's record has `output` None (there is no single raw output) and `extracted` =
   the voted letter in the record's own choice order.
 - run.json `strategy`: name, options, calls per record, and for voting strategies the accuracy of
-  the vote next to the single-sample accuracy of each record's first sub-call (same run, same items).
+  the vote next to the single-sample accuracy of each record's first sub-call (same run, same items);
+  what a strategy adds from its run directory (`run_info`: steer's layers, alpha, source and vector).
+
+A strategy that changes the model itself rather than its requests (steer: hooks on decoder layers) does
+it in `session(model, run_dir)`, entered once the model is loaded and before its first request, left
+after the last however the run ends.
 
 Scoring goes through `score_record`, the one place that knows strategies: the runner, `evalkit score`
 and `evalkit merge` all call it, so a rescore re-extracts every sub-call and votes again.
@@ -32,10 +37,13 @@ Imports nothing from tasks/ or models/ and not the runner (the runner hands in w
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
+import json
 import math
+import os
 import random
 import re
 from collections import Counter
@@ -43,8 +51,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from evalkit.engine.fingerprint import sha256_file
 from evalkit.engine.secrets import mask_text
 from evalkit.engine.store import encode_record, latest_by_key, read_records
 from evalkit.protocol.choices import LETTERS
@@ -147,6 +156,15 @@ class Strategy:
 
     def check_selected(self, presentations: list[Presentation], model_cls) -> None:
         """Per-item checks once the items are known (before the model is loaded)."""
+
+    def session(self, model, run_dir: Path) -> contextlib.AbstractContextManager:
+        """Entered once the model is loaded, before its first request; left after its last, however the run
+        ends (an exception, Ctrl-C): what the strategy changes in the model lives only inside it."""
+        return contextlib.nullcontext()
+
+    def run_info(self, run_dir: Path) -> dict[str, Any]:
+        """More run.json `strategy` fields, from what the run directory holds."""
+        return {}
 
     # planning
     def plan(self, ctx: Context, done: list[dict[str, Any]]) -> list[SubCall]:
@@ -445,7 +463,6 @@ class Relisten(Strategy):
             raise StrategyError(f"--strategy relisten cuts segments from an item's one clip: {len(multi)} items have "
                                 f"{len(multi[0].audio)} clips (first: {multi[0].id!r})")
 
-
     def plan(self, ctx: Context, done: list[dict[str, Any]]) -> list[SubCall]:
         clips = ctx.base.audio()
         if not clips:
@@ -506,23 +523,296 @@ class Relisten(Strategy):
         return {**sc, "strategy": s}
 
 
+# -- steer ---------------------------------------------------------------------------------------
+
+STEER_VECTOR = "steer_vector.safetensors"  # the run's vector, in its run directory
+PAIR_KEYS = ("positive", "negative")
+
+
 class SteerOptions(StrategyOptions):
-    layers: str = Field("", description="comma-separated decoder layer indices")
-    alpha: float = 4.0
-    from_: str | None = Field(None, alias="from", description="contrastive pairs file, or a saved vector")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    layers: str = Field("", description="decoder layers to steer, 0-based, comma-separated (e.g. 12,16); empty with a "
+                                         ".safetensors vector: every layer it holds")
+    alpha: float = Field(4.0, allow_inf_nan=False, description="scale of the vector added to each chosen layer's "
+                                                               "output (0: the plain model)")
+    from_: str | None = Field(None, alias="from", description="contrastive pairs (JSONL) or a saved vector "
+                                                              "(.safetensors)")
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _canonical_layers(cls, v: Any) -> str:
+        """Sorted, comma-separated: "16, 12" and "12,16" are one run."""
+        if isinstance(v, str):
+            items = [x.strip() for x in v.split(",") if x.strip()]
+        else:
+            items = list(v) if isinstance(v, list | tuple) else [v]
+        out = []
+        for x in items:
+            if isinstance(x, bool) or not (isinstance(x, int) and x >= 0 or isinstance(x, str) and x.isdigit()):
+                raise ValueError(f"{x!r} is not a layer index: give 0-based integers, comma-separated, e.g. 12,16")
+            out.append(int(x))
+        if len(set(out)) != len(out):
+            raise ValueError("a layer is named twice")
+        return ",".join(map(str, sorted(out)))
+
+    def layer_list(self) -> list[int]:
+        return [int(x) for x in self.layers.split(",")] if self.layers else []
+
+
+def read_pairs(path: Path) -> list[dict[str, str]]:
+    """The contrastive pairs of `-S from=FILE`: one JSON object per line, {"positive": TEXT, "negative": TEXT},
+    optionally with "prompt": TEXT (blank lines skipped). Without a prompt each text is a user turn and the
+    activation is read at the last token of the generation prompt after it; with one, the prompt is the user
+    turn and the two texts are the assistant's reply to it (desired / undesired), read at their last token."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise StrategyError(f"-S from={path}: cannot read it ({e})") from None
+    pairs = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except ValueError as e:
+            raise StrategyError(f"-S from={path}: line {n} is not JSON ({e})") from None
+        ok = (isinstance(r, dict) and set(PAIR_KEYS) <= set(r) <= {*PAIR_KEYS, "prompt"}
+              and all(isinstance(x, str) and x.strip() for x in r.values()))
+        if not ok:
+            raise StrategyError(f"-S from={path}: line {n}: expected {{\"positive\": TEXT, \"negative\": TEXT}} "
+                                "with an optional \"prompt\": TEXT, all non-empty strings")
+        pairs.append(r)
+    if not pairs:
+        raise StrategyError(f"-S from={path}: no pairs in it")
+    return pairs
+
+
+def _safetensors():
+    try:
+        import safetensors
+        import safetensors.numpy
+    except ImportError:
+        raise StrategyError("--strategy steer reads and writes vectors with the safetensors package: "
+                            "pip install 'evalkit[hf]'") from None
+    return safetensors
+
+
+def load_vector(path: Path) -> tuple[dict[int, Any], dict[str, str]]:
+    """({layer: float32 vector}, metadata) of a vector file: one 1-D tensor per layer, keyed "layer.<i>"."""
+    st = _safetensors()
+    try:
+        with st.safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
+    except Exception as e:
+        raise StrategyError(f"-S from={path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    out = {}
+    for k, v in tensors.items():
+        m = re.fullmatch(r"layer\.(\d+)", k)
+        if m is None or v.ndim != 1:
+            raise StrategyError(f"{path}: tensor {k!r} {list(v.shape)}: a steering vector file holds one 1-D "
+                                "tensor per layer, keyed \"layer.<i>\"")
+        out[int(m.group(1))] = v.astype("float32")
+    if not out:
+        raise StrategyError(f"{path}: holds no vector")
+    return out, meta
+
+
+def vector_sha256(vectors: dict[int, Any]) -> str:
+    """The vector's identity: sha256 over each layer in order, "layer.<i>:<size>\n" then its float32
+    little-endian bytes (independent of the file's metadata and of how it was written)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for i in sorted(vectors):
+        v = np.ascontiguousarray(vectors[i], dtype="<f4")
+        h.update(f"layer.{i}:{v.size}\n".encode())
+        h.update(v.tobytes())
+    return h.hexdigest()
+
+
+def vector_norms(vectors: dict[int, Any]) -> dict[str, float]:
+    import numpy as np
+
+    return {str(i): float(np.linalg.norm(np.asarray(vectors[i], dtype="float64"))) for i in sorted(vectors)}
+
+
+def _write_vector(path: Path, vectors: dict[int, Any], meta: dict[str, str]) -> None:
+    """Atomically (a killed run never leaves half a file that a resume would read)."""
+    tmp = path.with_name(path.name + ".tmp")
+    _safetensors().numpy.save_file({f"layer.{i}": vectors[i] for i in sorted(vectors)}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def _capabilities(model, spec) -> set[str]:
+    """An instance's capabilities, or what a class built from the run's -M arguments will have."""
+    if isinstance(model, type) and hasattr(model, "capabilities_for"):
+        return set(model.capabilities_for(model.Config(**spec.model_args)))
+    return set(model.capabilities)
 
 
 class Steer(Strategy):
+    """An additive steering vector on the residual stream (ActAdd / contrastive activation addition).
+
+    Vector: `-S from=FILE.safetensors` (one tensor per layer, "layer.<i>"; `-S layers` picks some, default
+    all), or `-S from=PAIRS.jsonl` (read_pairs) with `-S layers`: for each layer, the mean over the pairs'
+    positive texts minus the mean over their negative texts of the layer's output at the last token, computed
+    once the model is loaded, before its first request. Either way the vector is written to the run directory
+    (STEER_VECTOR, with its source in the metadata) and a resume uses that file, so every call of a run is
+    asked with the same vector. During the run, alpha * vector[i] is added to decoder layer i's output at every
+    position (prompt and generated tokens) through forward hooks, removed when the run ends, however it ends.
+
+    Run id: layers and alpha (the options) and the source: a vector file by `vector_sha256` of the chosen
+    layers; a pairs file by the sha256 of its bytes (the vector is a deterministic function of it, the layers
+    and the model, whose identity is in the run id too). The path is not identity (its content is).
+    run.json `strategy`: layers, alpha, source (kind, path, sha256), vector (file, sha256, per-layer norm).
+
+    The adapter protocol (capability "steer", evalkit.models.hf_common.Steerable): decoder_layers(),
+    hidden_size, last_token_activations(requests, layers, continuations) -> array [n, len(layers), hidden],
+    and steering(vectors, alpha), a context manager installing and removing the hooks."""
+
     name = "steer"
-    description = "additive steering vector on chosen layers (not implemented yet)"
+    description = ("an additive steering vector on the residual stream of chosen decoder layers (transformers "
+                   "adapters), from contrastive prompts or a saved vector")
     Options = SteerOptions
+    tag = "steer"
     mcq_only = False
 
+    def __init__(self, options: StrategyOptions | None = None):
+        super().__init__(options)
+        self._source: dict[str, Any] | None = None
+
+    def _path(self) -> Path:
+        return Path(self.options.from_)
+
+    def _is_vector(self) -> bool:
+        return self._path().suffix.lower() == ".safetensors"
+
+    def _chosen(self, vectors: dict[int, Any]) -> dict[int, Any]:
+        layers = self.options.layer_list() or sorted(vectors)
+        missing = [i for i in layers if i not in vectors]
+        if missing:
+            raise StrategyError(f"-S layers={self.options.layers}: {self._path()} holds no vector for layer(s) "
+                                f"{missing} (it holds {sorted(vectors)})")
+        return {i: vectors[i] for i in layers}
+
+    def source(self) -> dict[str, Any]:
+        """The vector's source as the run id covers it (see the class docstring)."""
+        if self._source is None:
+            p = self._path()
+            if self._is_vector():
+                self._source = {"kind": "vector", "sha256": vector_sha256(self._chosen(load_vector(p)[0]))}
+            else:
+                self._source = {"kind": "pairs", "sha256": sha256_file(p), "pairs": len(read_pairs(p))}
+        return self._source
+
+    def identity(self) -> dict[str, Any]:
+        options = self.options.model_dump(mode="json", by_alias=True)
+        options.pop("from")  # where the file lies is not identity; what it holds is (source)
+        out: dict[str, Any] = {"name": self.name, "options": options}
+        if self.options.from_ is not None:
+            out["source"] = self.source()
+        return out
+
     def check(self, task, model_cls, spec) -> None:
-        raise NotImplementedError(
-            "--strategy steer is not implemented: it needs a hook API on the transformers adapters "
-            "(models/hf_audio.py: access to the decoder layers for register_forward_hook, and a text "
-            "forward pass for the contrastive prompts' last-token activations); nothing else is missing here")
+        if "steer" not in _capabilities(model_cls, spec):
+            raise StrategyError(f"--strategy steer adds a vector to the decoder layers of a transformers model: adapter "
+                                f"{model_cls.name!r} lacks the steer capability (it is declared by hf and its presets, "
+                                "and text with -M backend=hf)")
+        if self.options.from_ is None:
+            raise StrategyError("--strategy steer needs -S from=FILE: contrastive pairs (JSONL, one {\"positive\": "
+                                "TEXT, \"negative\": TEXT} per line) or a vector (.safetensors)")
+        if not self._path().is_file():
+            raise StrategyError(f"-S from={self.options.from_}: no such file")
+        if not self._is_vector() and not self.options.layers:
+            raise StrategyError("--strategy steer with contrastive pairs needs -S layers=I[,J...]: the decoder layers "
+                                "whose output the vector is computed at and added to (0-based)")
+        self.source()  # a malformed file, or a vector file without the chosen layers, fails now
+
+    @contextlib.contextmanager
+    def session(self, model, run_dir: Path) -> Iterator[None]:
+        vectors = self.prepare(model, Path(run_dir))
+        with model.steering(vectors, self.options.alpha):
+            yield
+
+    def prepare(self, model, run_dir: Path) -> dict[int, Any]:
+        """The run's vector: from the run directory on a resume, else loaded or computed, checked against the
+        model and written there. Every check runs before the first request."""
+        import numpy as np
+
+        if "steer" not in set(model.capabilities):
+            raise StrategyError(f"--strategy steer: adapter {model.name!r} lacks the steer capability")
+        n, hidden = len(model.decoder_layers()), int(model.hidden_size)
+        src = self.source()
+        loaded = self._chosen(load_vector(self._path())[0]) if self._is_vector() else None
+        layers = sorted(loaded) if loaded is not None else self.options.layer_list()
+        bad = [i for i in layers if i >= n]
+        if bad:
+            raise StrategyError(f"-S layers={','.join(map(str, layers))}: the model has {n} decoder layers "
+                                f"(0..{n - 1}); no layer {', '.join(map(str, bad))}")
+        saved = run_dir / STEER_VECTOR
+        if saved.exists():  # a resumed run: the vector its finished calls were asked with
+            vectors, meta = load_vector(saved)
+            if meta.get("source_sha256") != src["sha256"] or sorted(vectors) != layers:
+                raise StrategyError(f"{saved} was not made from this -S from / -S layers; remove it to make it again")
+        elif loaded is not None:
+            vectors = loaded
+        else:
+            vectors = self._from_pairs(model, layers)
+        for i, v in vectors.items():
+            if v.shape != (hidden,) or not np.isfinite(v).all():
+                raise StrategyError(f"-S from={self.options.from_}: the vector of layer {i} has shape {list(v.shape)}"
+                                    f"{'' if np.isfinite(v).all() else ' and non-finite values'}; the model's "
+                                    f"hidden size is {hidden}")
+        if not saved.exists():
+            _write_vector(saved, vectors, {
+                "format": "evalkit steer vector 1", "layers": ",".join(map(str, layers)), "hidden_size": str(hidden),
+                "sha256": vector_sha256(vectors), "norms": json.dumps(vector_norms(vectors)),
+                "source_kind": src["kind"], "source_sha256": src["sha256"], "source_path": str(self._path()),
+                **({"pairs": str(src["pairs"])} if "pairs" in src else {})})
+        return vectors
+
+    def _from_pairs(self, model, layers: list[int]) -> dict[int, Any]:
+        """mean(positive) - mean(negative) of each layer's output at the last token (float64 means)."""
+        import numpy as np
+
+        pairs = read_pairs(self._path())
+        reqs, continuations = [], []
+        for side in PAIR_KEYS:  # every positive text, then every negative one
+            for j, pair in enumerate(pairs):
+                text = pair.get("prompt", pair[side])
+                reqs.append(Request(key=f"steer-{side}{j}",
+                                    messages=[{"role": "user", "content": [{"type": "text", "text": text}]}]))
+                continuations.append(pair[side] if "prompt" in pair else "")
+        acts = np.asarray(model.last_token_activations(reqs, layers, continuations), dtype=np.float64)
+        k = len(pairs)
+        diff = acts[:k].mean(axis=0) - acts[k:].mean(axis=0)
+        return {i: diff[j].astype(np.float32) for j, i in enumerate(layers)}
+
+    def run_info(self, run_dir: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {"layers": self.options.layer_list(), "alpha": self.options.alpha,
+                               "source": {**self.source(), "path": str(self._path())}}
+        saved = Path(run_dir) / STEER_VECTOR
+        if saved.exists():
+            vectors, _ = load_vector(saved)
+            out["layers"] = sorted(vectors)
+            out["vector"] = {"file": STEER_VECTOR, "sha256": vector_sha256(vectors), "norms": vector_norms(vectors)}
+        return out
+
+    def plan(self, ctx: Context, done: list[dict[str, Any]]) -> list[SubCall]:
+        if done:
+            return []
+        return [SubCall(0, dataclasses.replace(ctx.base, key=f"{ctx.presentation.key}#{self.tag}0"))]
+
+    def final_output(self, calls):
+        return calls[-1].get("output") if calls else None
+
+    def score(self, task, rec: dict[str, Any]) -> dict[str, Any]:
+        s = dict(rec["strategy"])
+        sc = task.score(_plain(rec))
+        s["calls"] = [{**c, "extracted": sc["extracted"], "extraction_stage": sc["extraction_stage"]}
+                      for c in s["calls"]]
+        return {**sc, "strategy": s}
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
