@@ -643,7 +643,10 @@ def test_run_against_a_refusing_server_stops_with_the_cause(toy, tmp_path, mode)
                              output=tmp_path / "runs"))
         assert time.perf_counter() - t0 < 10
         if mode == "401":
-            assert srv.count <= 8  # the requests in flight at most (concurrency 8), each sent once
+            # each sent once (401 is not retried), and at most the 8 in flight (concurrency 8) plus the slots
+            # freed by the 3 fatal replies the runner reads before it stops
+            texts = [text_of(b) for b in srv.bodies]
+            assert len(texts) == len(set(texts)) and srv.count <= 8 + 3
     finally:
         srv.stop()
 
