@@ -243,11 +243,12 @@ def mix_at_snr(speech: np.ndarray, background: np.ndarray, snr_db: float, sample
     if ps == 0.0 and snr_db != float("-inf"):
         raise MixingError("speech is silent: cannot set an SNR")
     if ps == 0.0:
-        # background only with silent speech: no reference level; use the background's own level
-        g_ref = 1.0
+        # background only with silent speech: no reference level; the background keeps its own level
+        # (gain 1: its power over the region is the 0-dB target). Was target_ps = 0, a silent mixture.
+        g_ref, target_ps = 0.0, pb
     else:
         g_ref = 1.0 if speech_level_dbfs is None else math.sqrt(10.0 ** (speech_level_dbfs / 10.0) / ps)
-    target_ps = ps * g_ref * g_ref
+        target_ps = ps * g_ref * g_ref
     if snr_db == float("inf"):
         gs, gb = g_ref, 0.0
     else:
