@@ -139,3 +139,57 @@ def test_mmsu_official_letter_beyond_choices_and_errors():
     assert mmsu_official(_mmsu("D", choices=("a", "b", "c", "None"), answer="None")) == 1.0
     assert mmsu_letter("x") is None
     assert mmsu_letter("...is D.") == "D"
+
+
+# ---------------------------------------------------------------- edges the mutation run found untested
+
+def test_token_set_lowercases_as_upstream_does_not_casefold():
+    """Upstream tokenizes `text.lower()`. "Straße".lower() keeps the ß while "STRASSE".lower() is
+    "strasse": two different words, so "strasse" does not name the gold "Straße" (an upper-casing
+    or case-folding tokenizer would merge them)."""
+    assert not token_set_correct("strasse", ["Straße", "Weg"], "Straße")
+    assert token_set_correct("STRASSE", ["Strasse", "Weg"], "Strasse")
+    assert token_set_correct("straße", ["Straße", "Weg"], "Straße")
+
+
+def test_mmau_official_a_model_error_is_wrong_whatever_the_output():
+    """A record with an error scores 0.0 even when its output text would match the gold."""
+    rec = {"output": "Woman", "choices": ["Man", "Woman"], "answer": "Woman"}
+    assert mmau_official({**rec, "error": None}) == 1.0
+    assert mmau_official({**rec, "error": "ModelFailure: timeout"}) == 0.0
+    assert mmau_official({**rec, "choices": None, "error": None}) == 1.0  # no choices: no wrong tokens
+
+
+def test_official_errors_name_the_sample_id_when_a_record_has_no_key():
+    """Records straight from a run carry `sample_id` (exports add `key`): the messages name it."""
+    with pytest.raises(TypeError, match=r"record 'clip-7': output is int"):
+        mmau_official({"sample_id": "clip-7", "output": 3, "choices": ["3"], "answer": "3", "error": None})
+    rec = {**_mmsu("A"), "sample_id": "s-9"}
+    del rec["key"]
+    with pytest.raises(NotImplementedError, match=r"record 's-9' has no metadata"):
+        mmsu_official({**rec, "metadata": {}})
+    fields = rec["metadata"][MMSU_UPSTREAM]
+    broken = {k: v for k, v in fields.items() if k not in ("choice_d", "answer_gt")}
+    with pytest.raises(ValueError, match=r"record 's-9': metadata\['mmsu_upstream'\] lacks choice_d, answer_gt$"):
+        mmsu_official({**rec, "metadata": {MMSU_UPSTREAM: broken}})
+    short = {**fields, "letters": ["A", "B"]}
+    with pytest.raises(ValueError, match=r"record 's-9': 4 choices but 2 upstream letters \['A', 'B'\]"):
+        mmsu_official({**rec, "metadata": {MMSU_UPSTREAM: short}})
+
+
+def test_mmsu_upstream_fields_missing_answer_reads_as_empty():
+    """upstream reads `record.get('answer_gt', '')`: a row without it stores "" (so a "" padding
+    option would then match, as upstream's comparison does)."""
+    fields = mmsu_upstream_fields({"choice_a": "x", "choice_b": "y"}, ["A", "B"])
+    assert fields == {"choice_a": "x", "choice_b": "y", "choice_c": "", "choice_d": "", "answer_gt": "",
+                      "letters": ["A", "B"]}
+
+
+def test_mmsu_official_without_a_permutation_reads_the_upstream_order():
+    """A record with no `permutation` (an `--choices original` log read back) maps shown letter
+    k to upstream letter k."""
+    rec = _mmsu("B", choices=("dog", "cat", "cow"), answer="cat")
+    del rec["permutation"]
+    assert mmsu_official(rec) == 1.0
+    assert mmsu_official({**rec, "output": "A"}) == 0.0
+    assert mmsu_official({**rec, "permutation": [1, 0, 2], "output": "A"}) == 1.0  # shown A is upstream B
