@@ -119,3 +119,64 @@ def test_gold_text_answers_on_mmau_are_extracted():
                if not is_correct(extract_choice(form.format(r["answer"]), r["choices"]), r["choices"],
                                  r["choices"].index(r["answer"]))]
         assert len(bad) <= 2, (form, bad[:5])  # two bare "D"s that are also letters: ambiguous by design
+
+
+# ---------------------------------------------------------------- edges the mutation run found untested
+
+
+def _ref_balanced(samples, seed):
+    """The balanced order as logged runs hold it (a rescore checks every recorded permutation, so
+    it must not drift between versions): per choice count, rank by the first 8 bytes (big-endian)
+    of sha256("{seed}\\0{id}"), ties by id; gold at rank mod k; the rest shuffled by
+    random.Random(that hash)."""
+    import hashlib
+    import random
+
+    h = lambda sid: int.from_bytes(hashlib.sha256(f"{seed}\x00{sid}".encode()).digest()[:8], "big")  # noqa: E731
+    perms = {}
+    for k in sorted({len(s.choices) for s in samples}):
+        group = sorted((s for s in samples if len(s.choices) == k), key=lambda s: (h(s.id), s.id))
+        for rank, s in enumerate(group):
+            rest = [i for i in range(k) if i != s.answer]
+            random.Random(h(s.id)).shuffle(rest)
+            perms[s.id] = rest[:rank % k] + [s.answer] + rest[rank % k:]
+    return perms
+
+
+def test_balanced_permutations_are_the_logged_ones():
+    mcq = [Sample(id=f"q{i}", choices=CH[: 2 + i % 3], answer=i % 2) for i in range(30)]
+    others = [Sample(id="open", target={"text": "x"}), Sample(id="half", choices=CH)]  # no answer: not MCQ
+    samples = others[:1] + mcq[:10] + others[1:] + mcq[10:]
+    for seed in (0, 7):
+        ref = _ref_balanced(mcq, seed)  # the non-MCQ samples take no rank
+        got = {p.key: p.permutation for p in present(samples, "balanced", seed) if p.permutation is not None}
+        assert got == ref
+
+
+def test_non_mcq_samples_are_presented_once_as_they_are():
+    open_q = Sample(id="open", target={"text": "x"})
+    half = Sample(id="half", choices=CH)  # options but no gold: not scored as MCQ
+    for mode in ("balanced", "original", "circular"):
+        pres = present([open_q, half], mode, 0)
+        assert [(p.key, p.sample, p.permutation, p.rotation) for p in pres] == [
+            ("open", open_q, None, None), ("half", half, None, None)]
+    with pytest.raises(ValueError, match="^unknown --choices mode 'rotated'; use balanced, original or circular$"):
+        present([Sample(id="q", choices=CH, answer=0)], "rotated", 0)
+
+
+def test_circular_presentations_record_their_rotation():
+    pres = present([Sample(id="q", choices=CH[:3], answer=2)], "circular", 0)
+    assert [(p.key, p.permutation, p.rotation, p.gold) for p in pres] == [
+        ("q#rot0", [0, 1, 2], 0, 2), ("q#rot1", [1, 2, 0], 1, 1), ("q#rot2", [2, 0, 1], 2, 0)]
+
+
+def test_gold_histogram_counts_each_sample_once_before_and_orders_by_count():
+    samples = [Sample(id="open", target={}), Sample(id="half", choices=CH)]
+    samples += [Sample(id=f"t{i}", choices=[str(j) for j in range(10)], answer=i % 2) for i in range(3)]
+    samples += [Sample(id="f", choices=CH, answer=3)]
+    hist = gold_histogram(present(samples, "circular", 0))
+    # before: upstream gold letters, once per sample; after: every rotation puts the gold once per position
+    assert hist["before"] == {"4": {"D": 1}, "10": {"A": 2, "B": 1}}
+    assert list(hist["before"]) == ["4", "10"] and list(hist["after"]) == ["4", "10"]  # numeric order
+    assert hist["after"]["4"] == {x: 1 for x in "ABCD"}
+    assert hist["after"]["10"] == {x: 3 for x in "ABCDEFGHIJ"}

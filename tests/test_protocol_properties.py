@@ -252,3 +252,13 @@ def test_mixture_snr_by_independent_measurement(snr):
     on = np.repeat([e >= max(energy) / 1e4 for e in energy], flen)[:n]
     if np.max(np.abs(mix)) < 0.98:  # no common gain: the speech sits at -25 dBFS active level
         assert 10 * math.log10(np.mean(sc[on] ** 2)) == pytest.approx(-25.0, abs=0.01)
+
+
+def test_collapse_rotations_keeps_rotation_zero_fields_and_all_none_scores():
+    """The collapsed record is rotation 0's with the sample id as key; a score that every rotation
+    leaves None stays None (not counted)."""
+    recs = [{"sample_id": "s", "key": f"s#rot{r}", "rotation": r, "output": f"out{r}",
+             "scores": {"accuracy": 1.0, "official": None}} for r in range(3)]
+    (out,) = collapse_rotations(recs)
+    assert out["key"] == "s" and out["rotation"] == 0 and out["output"] == "out0"
+    assert out["scores"] == {"accuracy": 1.0, "official": None}
