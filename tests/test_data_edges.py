@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,6 +187,22 @@ def test_resolve_under_refuses_nul_bytes(tmp_path):
         resolve_under(tmp_path, "a\x00b.wav")
     with pytest.raises(UnsafePathError, match="data root .* contains a NUL byte"):
         resolve_under(f"{tmp_path}\x00x", "a.wav")
+
+
+def test_resolve_under_messages_and_the_filesystem_root(tmp_path):
+    """Refusals say what is wrong with which path; a data root of "/" holds every relative path
+    (its prefix is "/", not "//")."""
+    import os
+    import re
+
+    from evalkit.audio import UnsafePathError, resolve_under
+
+    with pytest.raises(UnsafePathError, match="^empty clip path$"):
+        resolve_under(tmp_path, "  ", what="clip path")
+    with pytest.raises(UnsafePathError, match=f"^audio path '/etc/passwd' is absolute; paths in data files must be "
+                                              f"relative to {re.escape(os.path.realpath(tmp_path))}$"):
+        resolve_under(tmp_path, "/etc/passwd")
+    assert resolve_under("/", "tmp/x.wav") == Path(os.path.realpath("/tmp")) / "x.wav"
 
 
 # ---- JSONL lines ---------------------------------------------------------------------------------
