@@ -39,8 +39,10 @@ MUTATION_DIR ?= .cache/mutation
 MUTANTS ?=
 mutation: $(STAMP)
 	rm -rf $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)
-	cp -r evalkit tests pyproject.toml $(MUTATION_DIR)/
+	cp -r evalkit tests bench pyproject.toml $(MUTATION_DIR)/
 	cp -r tasks $(MUTATION_DIR)/evalkit/tasks && cp -r models $(MUTATION_DIR)/evalkit/models
+	# the tests find ../shared/data two levels above themselves (mutants/tests/ there)
+	if [ -d ../shared ]; then ln -s $(abspath ../shared) $(MUTATION_DIR)/shared; fi
 	cd $(MUTATION_DIR) && $(abspath $(VENV))/bin/mutmut run $(MUTANTS); \
 		$(abspath $(VENV))/bin/mutmut results
 

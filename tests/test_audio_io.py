@@ -83,3 +83,15 @@ def test_encode_wav_is_16_bit_pcm_that_soundfile_reads_back():
     assert (info.format, info.subtype, info.samplerate, info.channels, info.frames) == ("WAV", "PCM_16", 16000, 1, 1000)
     back, _ = sf.read(io.BytesIO(raw), dtype="float32")
     assert np.abs(back - x).max() <= 1 / 32768 + 1e-7  # one 16-bit step
+
+
+def test_unsafe_paths_are_refused_with_what_and_why(tmp_path):
+    from evalkit.audio import UnsafePathError, resolve_under
+
+    with pytest.raises(UnsafePathError, match=r"^empty clip path$"):
+        resolve_under(tmp_path, "  ", what="clip path")
+    with pytest.raises(UnsafePathError, match=r"^audio path '/etc/passwd' is absolute; paths in data files must be "
+                                              r"relative to "):
+        resolve_under(tmp_path, "/etc/passwd")
+    with pytest.raises(UnsafePathError, match=r"^audio path '\.\./x\.wav' escapes the data root "):
+        resolve_under(tmp_path, "../x.wav")
