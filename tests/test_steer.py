@@ -400,3 +400,16 @@ def test_cli_runs_a_steered_evaluation(models, toy, pairs):
     (run_dir,) = (toy / "runs").iterdir()
     run = json.loads((run_dir / "run.json").read_text())
     assert run["strategy"]["layers"] == [1] and run["strategy"]["alpha"] == 4.0 and (run_dir / STEER_VECTOR).exists()
+
+
+def test_pairs_file_is_split_on_newlines_only(tmp_path):
+    """A pair's text may hold U+2028 (JSON allows it raw): the file is split on "\\n" only, as every
+    JSONL evalkit reads (evalkit.jsonio.jsonl_lines), so the pair is read whole, not refused."""
+    import json
+
+    from evalkit.engine.strategies import read_pairs
+
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"positive": "calm\u2028and kind", "negative": "rude"}, ensure_ascii=False) + "\r\n\n",
+                 encoding="utf-8")
+    assert read_pairs(f) == [{"positive": "calm\u2028and kind", "negative": "rude"}]

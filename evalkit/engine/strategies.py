@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from evalkit.engine.fingerprint import sha256_file
 from evalkit.engine.secrets import mask_text
 from evalkit.engine.store import encode_record, latest_by_key, read_records
+from evalkit.jsonio import jsonl_lines
 from evalkit.protocol.choices import LETTERS
 from evalkit.types import AudioRef, Presentation, Request, Response
 
@@ -565,13 +566,11 @@ def read_pairs(path: Path) -> list[dict[str, str]]:
     activation is read at the last token of the generation prompt after it; with one, the prompt is the user
     turn and the two texts are the assistant's reply to it (desired / undesired), read at their last token."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise StrategyError(f"-S from={path}: cannot read it ({e})") from None
     pairs = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(text):  # split on "\n" only: a pair's text may hold U+2028
         try:
             r = json.loads(line)
         except ValueError as e:
