@@ -57,12 +57,12 @@ from typing import Any
 
 from evalkit.protocol.extract import normalize_text
 from evalkit.results.metrics import MetricSpec, aggregate_scores
-from evalkit.tasks.base import HubTaskOptions, LoadedData, Task, TaskDataError, hash_files
+from evalkit.tasks.base import HubTaskOptions, LoadedData, Task, TaskDataError
 from evalkit.tasks.loaders import (
     get_field,
     local_audio,
+    local_task_rows,
     ratio_with_ci,
-    read_json_records,
     transcript_error_parts,
     without_nonfinite,
 )
@@ -208,14 +208,8 @@ class DynamicSuperb(Task):
 
     def _rows(self, task_name: str):
         if self.options.data:
-            folder = Path(self.options.data).expanduser() / task_name
-            for fname in ("metadata.jsonl", "metadata.json"):
-                path = folder / fname
-                if path.is_file():
-                    root = Path(self.options.audio_root).expanduser() / task_name if self.options.audio_root else folder
-                    return (read_json_records(path), str(path), {"kind": "local", "path": str(path)},
-                            hash_files([path]), root)
-            raise TaskDataError(f"dynamic-superb: no metadata.jsonl or metadata.json in {folder} (task {task_name})")
+            return local_task_rows(self.options.data, self.options.audio_root, task_name,
+                                   ("metadata.jsonl", "metadata.json"), "dynamic-superb")
         from evalkit.hub import hub_data_hash, hub_source, load_hub_rows
 
         repo = f"{HUB_ORG}/{task_name}"

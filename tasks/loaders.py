@@ -15,6 +15,21 @@ from evalkit.protocol.choices import check_choice_count
 from evalkit.types import AudioRef
 
 
+def local_task_rows(data: str, audio_root: str | None, task: str, names: tuple[str, ...], benchmark: str):
+    """A benchmark's local copy laid out one folder per task, DATA/<task>/: the first of `names` found
+    there, read as JSON/JSONL records. Returns (rows, where, source, data hash, audio root); the audio
+    root is AUDIO_ROOT/<task> when given, else the task's folder."""
+    from evalkit.tasks.base import hash_files
+
+    folder = Path(data).expanduser() / task
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            root = Path(audio_root).expanduser() / task if audio_root else folder
+            return read_json_records(path), str(path), {"kind": "local", "path": str(path)}, hash_files([path]), root
+    raise TaskDataError(f"{benchmark}: no {' or '.join(names)} in {folder} (task {task})")
+
+
 def read_json_records(path: Path) -> list[Any]:
     """Records of a JSON list or a JSONL file; TaskDataError names file and record.
     NaN/Infinity constants are read as None (see loads_json)."""

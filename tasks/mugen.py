@@ -49,8 +49,8 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from evalkit.tasks.base import HubTaskOptions, LoadedData, MCQTask, TaskDataError, format_options, hash_files
-from evalkit.tasks.loaders import local_audio, read_json_records, without_nonfinite
+from evalkit.tasks.base import HubTaskOptions, LoadedData, MCQTask, TaskDataError, format_options
+from evalkit.tasks.loaders import local_audio, local_task_rows, without_nonfinite
 from evalkit.types import Presentation, Sample
 
 HUB_ORG = "MUGEN-Benchmark"
@@ -152,14 +152,8 @@ class Mugen(MCQTask):
 
     def _rows(self, task: str, split: str):
         if self.options.data:
-            folder = Path(self.options.data).expanduser() / task
-            for suffix in (".jsonl", ".json"):
-                path = folder / f"{split}{suffix}"
-                if path.is_file():
-                    root = Path(self.options.audio_root).expanduser() / task if self.options.audio_root else folder
-                    return (read_json_records(path), str(path), {"kind": "local", "path": str(path)},
-                            hash_files([path]), root)
-            raise TaskDataError(f"mugen: no {split}.jsonl or {split}.json in {folder} (task {task})")
+            return local_task_rows(self.options.data, self.options.audio_root, task,
+                                   (f"{split}.jsonl", f"{split}.json"), "mugen")
         from evalkit.hub import hub_data_hash, hub_source, load_hub_rows
 
         repo = f"{HUB_ORG}/{task}"
