@@ -343,6 +343,24 @@ def test_load_and_metadata(data_dir, tmp_path):
     assert d2.source["synthetic"] is False and d2.samples[0].metadata["synthetic"] is False
 
 
+def test_manifest_read_as_jsonl_lines(tmp_path):
+    """The manifest is split on "\\n" only, as every JSONL evalkit reads: a transcript holding U+2028 (written raw by
+    json.dumps(..., ensure_ascii=False)) stays one record, CRLF endings are whitespace; a non-object row is refused
+    naming its line."""
+    root = make_dataset(tmp_path / "sseu", per_scene=1, snrs=["0"])
+    rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().split("\n") if line]
+    rows[0]["transcript"] = "line one\u2028line two"
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    (root / "manifest.jsonl").write_bytes("".join(line + "\r\n" for line in lines).encode("utf-8"))
+    d = SSEUASR.from_args({"data": str(root)}).load()
+    assert len(d.samples) == len(rows)
+    assert d.samples[0].target["transcript"] == "line one\u2028line two"
+    with open(root / "manifest.jsonl", "a", encoding="utf-8") as f:
+        f.write('["not", "an", "object"]\n')
+    with pytest.raises(TaskDataError, match=rf"manifest.jsonl:{len(rows) + 1}: record is a list"):
+        SSEUASR.from_args({"data": str(root)}).load()
+
+
 def test_missing_data_says_how_to_build():
     with pytest.raises(TaskDataError, match="evalkit data build sseu"):
         SSEUASR().load()

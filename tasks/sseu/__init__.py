@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from evalkit.audio import UnsafePathError, resolve_under
+from evalkit.jsonio import jsonl_lines, loads_json
 from evalkit.results.metrics import MetricSpec, mean_with_ci
 from evalkit.tasks.base import LoadedData, Task, TaskDataError, TaskOptions, hash_files
 from evalkit.types import AudioRef, Presentation, Sample
@@ -118,43 +119,46 @@ class SSEUTask(Task):
         samples: list[Sample] = []
         warnings: list[str] = []
         unknown: Counter = Counter()
-        with open(man_path) as f:
-            for ln, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    raise TaskDataError(f"{man_path}:{ln}: not valid JSON ({e})") from None
-                for key in ("id", "audio", "snr"):
-                    if key not in row:
-                        raise TaskDataError(f"{man_path}:{ln}: record has no {key!r} field")
-                snr = str(row["snr"])
-                if snr not in SNR_ORDER:
-                    raise TaskDataError(f"{man_path}:{ln} (id {row['id']}): snr {snr!r} is not one of {SNR_ORDER}")
-                try:
-                    path = resolve_under(audio_root, row["audio"])
-                except UnsafePathError as e:
-                    raise TaskDataError(f"{man_path}:{ln} (id {row['id']}): {e}") from None
-                labels = []
-                for ev in row.get("events") or []:
-                    lab = ev.get("label") if isinstance(ev, dict) else str(ev)
-                    if lab in event_set:
-                        if lab not in labels:
-                            labels.append(lab)
-                    else:
-                        unknown[lab] += 1
-                scene = str(row.get("scene") or "")
-                samples.append(Sample(
-                    id=str(row["id"]),
-                    question=question,
-                    audio=[AudioRef(path=path, label=f"{meta.get('name', root.name)}/{row['audio']}")],
-                    target={"transcript": row.get("transcript") or "", "scene": scene, "events": labels,
-                            "scene_classes": scenes, "event_classes": events},
-                    metadata={"snr": snr, "snr_db": row.get("snr_db"), "scene": scene, "synthetic": synthetic,
-                              "speaker": row.get("speaker")},
-                    group=str(row.get("speech_source") or row["id"]),
-                ))
+        try:
+            text = man_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TaskDataError(f"cannot read {man_path}: {e}") from None
+        for ln, line in jsonl_lines(text):  # "\n" only, as every JSONL evalkit reads
+            try:
+                row = loads_json(line)
+            except ValueError as e:
+                raise TaskDataError(f"{man_path}:{ln}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise TaskDataError(f"{man_path}:{ln}: record is a {type(row).__name__}, not an object")
+            for key in ("id", "audio", "snr"):
+                if key not in row:
+                    raise TaskDataError(f"{man_path}:{ln}: record has no {key!r} field")
+            snr = str(row["snr"])
+            if snr not in SNR_ORDER:
+                raise TaskDataError(f"{man_path}:{ln} (id {row['id']}): snr {snr!r} is not one of {SNR_ORDER}")
+            try:
+                path = resolve_under(audio_root, row["audio"])
+            except UnsafePathError as e:
+                raise TaskDataError(f"{man_path}:{ln} (id {row['id']}): {e}") from None
+            labels = []
+            for ev in row.get("events") or []:
+                lab = ev.get("label") if isinstance(ev, dict) else str(ev)
+                if lab in event_set:
+                    if lab not in labels:
+                        labels.append(lab)
+                else:
+                    unknown[lab] += 1
+            scene = str(row.get("scene") or "")
+            samples.append(Sample(
+                id=str(row["id"]),
+                question=question,
+                audio=[AudioRef(path=path, label=f"{meta.get('name', root.name)}/{row['audio']}")],
+                target={"transcript": row.get("transcript") or "", "scene": scene, "events": labels,
+                        "scene_classes": scenes, "event_classes": events},
+                metadata={"snr": snr, "snr_db": row.get("snr_db"), "scene": scene, "synthetic": synthetic,
+                          "speaker": row.get("speaker")},
+                group=str(row.get("speech_source") or row["id"]),
+            ))
         if not samples:
             raise TaskDataError(f"{man_path}: no records")
         if unknown:
