@@ -373,8 +373,9 @@ class OpenAICompatible(Model):
         #: set when a connection to base_url could not be made: the rest of the batch is not sent
         self._unreachable: str | None = None
         self._lock = threading.Lock()
-        #: the content probe's finding (None until it ran); `_content_ignored` the fatal cause when it failed
-        self._probe: dict[str, Any] | None = None
+        #: the content probe's finding per content form ("string", "parts", "parts with audio"), in the order
+        #: probed; `_content_ignored` the fatal cause when a form was found not read
+        self._probes: dict[str, dict[str, Any]] = {}
         self._content_ignored: str | None = None
 
     # ---- identity -------------------------------------------------------------------
@@ -393,8 +394,8 @@ class OpenAICompatible(Model):
             out["headers"] = mask_json(self.config.headers)
         if self._served_model:
             out["served_model"] = self._served_model
-        if self._probe is not None:
-            out["content_probe"] = self._probe
+        if self._probes:
+            out["content_probe"] = {form: dict(finding) for form, finding in self._probes.items()}
         return out
 
     # ---- plumbing ------------------------------------------------------------------
@@ -466,25 +467,49 @@ class OpenAICompatible(Model):
             body["seed"] = g.seed
         return body
 
+    def _content_form(self, req: Request) -> str:
+        """The form `_body` gives this request's content: "parts with audio" when it carries audio, else "parts"
+        (content_format=parts) or "string". A server may read one form and drop another (llama.cpp's chat
+        templates differ on list content), so each form is probed on its own."""
+        if self.config.audio and any(not isinstance(m["content"], str)
+                                     and any(p.get("type") == "audio" for p in m["content"]) for m in req.messages):
+            return "parts with audio"
+        return "parts" if self.config.content_format == "parts" else "string"
+
     async def _probe_content(self, requests: list[Request]) -> None:
-        """Once per adapter: does the server read what it is sent? Two requests (max 1 token) in the content
-        form the run's first request uses (a string, or a list of parts with a short silent clip when it
-        carries audio), one with a short message and one with PROBE_EXTRA_WORDS words more. A server that
-        reports the same usage.prompt_tokens for both never tokenized the content (llama.cpp with a chat
-        template that drops list content does this silently): every answer would come from an empty
-        prompt, so the run stops (fatal) before anything is recorded. No usage, or a probe that fails, decides
-        nothing (the real requests then show what the server does); the finding is in info()."""
-        if self._probe is not None or not self.config.content_probe:
+        """Once per adapter and content form: does the server read what it is sent? Two requests (max 1 token) in
+        each form this batch uses and no earlier batch probed (a string, a list of parts, or parts with a short
+        silent clip), one with a short message and one with PROBE_EXTRA_WORDS words more. A server that reports
+        the same usage.prompt_tokens for both never tokenized the content (llama.cpp with a chat template that
+        drops list content does this silently): every answer in that form would come from an empty prompt, so
+        the run stops (fatal) before anything more is recorded. No usage, or a probe that fails, decides nothing
+        (the real requests then show what the server does); the findings are in info()."""
+        if not self.config.content_probe:
             return
-        first = requests[0]
-        with_audio = self.config.audio and any(
-            not isinstance(m["content"], str) and any(p.get("type") == "audio" for p in m["content"])
-            for m in first.messages)
+        first_of: dict[str, Request] = {}
+        for r in requests:
+            form = self._content_form(r)
+            if form not in self._probes:
+                first_of.setdefault(form, r)
+        for form, first in first_of.items():
+            self._probes[form] = finding = await self._probe_form(form, first)
+            if finding["result"] == "ignored" and self._content_ignored is None:
+                tokens = finding["prompt_tokens"]
+                self._content_ignored = (
+                    f"the server at {clean_url(self.config.base_url)} reported the same prompt_tokens ({tokens[0]}) "
+                    f"for a message of {len(PROBE_TEXT.split())} words and one of "
+                    f"{len(PROBE_TEXT.split()) + PROBE_EXTRA_WORDS} words sent as {form}: it does not read the "
+                    "message content, so every answer would come from an empty prompt. With llama.cpp's server, "
+                    "a chat format that takes content parts, or -M content_format=string for text-only runs; "
+                    "-M content_probe=false skips this check")
+
+    async def _probe_form(self, form: str, first: Request) -> dict[str, Any]:
+        """The two probe requests in `form`, with `first`'s generation settings (1 token, greedy)."""
         tokens: list[int | None] = []
         try:
             for text in (PROBE_TEXT, PROBE_TEXT + " " + " ".join(f"w{i}" for i in range(PROBE_EXTRA_WORDS))):
                 content: list[dict[str, Any]] = [{"type": "text", "text": text}]
-                if with_audio:
+                if form == "parts with audio":
                     content.insert(0, {"type": "audio", "audio": AudioRef(
                         array=np.zeros(int(PROBE_AUDIO_SECONDS * 16000), np.float32), sample_rate=16000)})
                 probe = Request(key="evalkit-content-probe", messages=[{"role": "user", "content": content}],
@@ -499,23 +524,10 @@ class OpenAICompatible(Model):
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            self._probe = {"result": "undecided", "why": self._clean(f"probe failed: {type(e).__name__}: {e}")}
-            return
-        form = "parts with audio" if with_audio else ("parts" if isinstance(body["messages"][0]["content"], list)
-                                                     else "string")
+            return {"result": "undecided", "why": self._clean(f"probe failed: {type(e).__name__}: {e}")}
         if None in tokens:
-            self._probe = {"result": "undecided", "why": "the server reports no usage.prompt_tokens", "form": form}
-            return
-        self._probe = {"result": "ignored" if tokens[0] == tokens[1] else "read", "prompt_tokens": tokens,
-                       "form": form}
-        if tokens[0] == tokens[1]:
-            self._content_ignored = (
-                f"the server at {clean_url(self.config.base_url)} reported the same prompt_tokens ({tokens[0]}) for "
-                f"a message of {len(PROBE_TEXT.split())} words and one of "
-                f"{len(PROBE_TEXT.split()) + PROBE_EXTRA_WORDS} words sent as {form}: it does not read the "
-                "message content, so every answer would come from an empty prompt. With llama.cpp's server, "
-                "a chat format that takes content parts, or -M content_format=string for text-only runs; "
-                "-M content_probe=false skips this check")
+            return {"result": "undecided", "why": "the server reports no usage.prompt_tokens"}
+        return {"result": "ignored" if tokens[0] == tokens[1] else "read", "prompt_tokens": tokens}
 
     def _ignored_responses(self, requests: list[Request]) -> list[Response]:
         assert self._content_ignored is not None

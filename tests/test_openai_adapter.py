@@ -662,7 +662,7 @@ def test_probe_stops_a_server_that_drops_list_content(make_adapter):
         assert srv.count == 0 and len(srv.probes) == 2
         assert all(r.text is None and r.extra["fatal"] == r.error for r in out)
         assert "reported the same prompt_tokens" in out[0].error and "parts with audio" in out[0].error
-        assert m.info()["content_probe"]["result"] == "ignored"
+        assert m.info()["content_probe"]["parts with audio"]["result"] == "ignored"
         # streaming answers the same, without another probe
         assert all("fatal" in r.extra for r in m.generate_stream([audio_request("a3")]))
         assert len(srv.probes) == 2 and srv.count == 0
@@ -679,8 +679,8 @@ def test_probe_sends_the_runs_content_form_once(make_adapter):
         assert [p["type"] for p in short["messages"][0]["content"]] == ["input_audio", "text"]
         assert short["max_tokens"] == 1 and short["temperature"] == 0.0
         assert len(text_of(long).split()) - len(text_of(short).split()) == 64
-        probe = m.info()["content_probe"]
-        assert probe["result"] == "read" and probe["form"] == "parts with audio"
+        probe = m.info()["content_probe"]["parts with audio"]
+        assert probe["result"] == "read" and list(m.info()["content_probe"]) == ["parts with audio"]
         assert probe["prompt_tokens"] == [len(text_of(short).split()), len(text_of(long).split())]
 
 
@@ -689,7 +689,7 @@ def test_probe_text_only_uses_a_string_and_can_be_turned_off(make_adapter):
         m = make_adapter(srv)
         m.generate([text_request()])
         assert isinstance(srv.probes[0]["messages"][0]["content"], str)
-        assert m.info()["content_probe"]["form"] == "string"
+        assert list(m.info()["content_probe"]) == ["string"]
     with FakeOpenAIServer(drop_list_content=True) as srv:
         m = make_adapter(srv, content_probe=False)
         out = m.generate([audio_request("a1")])
@@ -705,8 +705,28 @@ def test_probe_without_usage_or_failing_decides_nothing(make_adapter):
         srv._completion = lambda rec: body
         out = m.generate([audio_request("a1")])
         assert out[0].text == "B" and srv.count == 1
-        assert m.info()["content_probe"] == {"result": "undecided", "why": "the server reports no usage.prompt_tokens",
-                                             "form": "parts with audio"}
+        assert m.info()["content_probe"] == {"parts with audio": {
+            "result": "undecided", "why": "the server reports no usage.prompt_tokens"}}
+
+
+def test_probe_runs_again_for_a_form_not_yet_probed(make_adapter):
+    """A server that reads strings but drops list content: a batch of text-only requests (strings) is read;
+    when later requests carry audio (parts), that form is probed too and found ignored, so those responses are
+    fatal and none is sent. Probing only the first form would have let every audio answer come from an empty
+    prompt with exit 0."""
+    with FakeOpenAIServer(drop_list_content=True) as srv:
+        m = make_adapter(srv)
+        assert all(r.error is None for r in m.generate([text_request()]))
+        assert len(srv.probes) == 2 and srv.count == 1
+        assert isinstance(srv.probes[0]["messages"][0]["content"], str)
+        out = m.generate([text_request(), audio_request("a1")])
+        assert len(srv.probes) == 4 and srv.count == 1  # the new form probed; nothing more sent
+        assert all(r.extra.get("fatal") for r in out) and "sent as parts with audio" in out[1].error
+        probes = m.info()["content_probe"]
+        assert list(probes) == ["string", "parts with audio"]
+        assert probes["string"]["result"] == "read" and probes["parts with audio"]["result"] == "ignored"
+        m.generate([audio_request("a2")])
+        assert len(srv.probes) == 4  # each form once per adapter
 
 
 def test_content_probe_is_not_part_of_the_run_id():
