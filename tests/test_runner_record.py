@@ -17,6 +17,7 @@ from evalkit.types import GenerationConfig
 class PlainMCQ(MCQTask):
     name = "plain-mcq"
     version = "3"
+    groupings = ("axis",)
     prompts = {"default": "{question}\n{options}", "terse": "{question} {options}"}
 
 
@@ -180,3 +181,272 @@ def test_required_capabilities_do_not_apply_without_audio():
 
 def test_task_without_required_capabilities_attribute():
     check_pairing(caps("audio"), SimpleNamespace(modality="audio", name="t"), RunSpec(model="m", task="t"))
+
+
+# ---------------------------------------------------------------- run.json
+
+
+class FakeHolder:
+    """What build_run_record reads of a ModelHolder: the loaded adapter (if any) and the identity."""
+
+    def __init__(self, model=None):
+        self._model = model
+
+    @property
+    def model(self):
+        return self._model
+
+    def identity(self, fingerprints=None):
+        return {"name": "fake", "args": {"size": "tiny"}}
+
+
+class InfoModel:
+    def __init__(self, info):
+        self._info = info
+
+    def info(self):
+        if isinstance(self._info, Exception):
+            raise self._info
+        return self._info
+
+
+def three_choice_samples(n):
+    from evalkit.types import Sample
+
+    return [Sample(id=f"s{i}", question=f"q{i}?", choices=["red", "green", "blue"], answer=i % 3,
+                   metadata={"axis": "x" if i % 2 else "y"}) for i in range(n)]
+
+
+def scored(task, p, output=None, error=None, error_kind=None, extra=None):
+    rec = runner.base_record(p, None)
+    rec.update({"output": output, "error": error, "error_kind": error_kind, "latency_s": 0.1, "extra": extra or {}})
+    rec.update(task.score(rec))
+    return rec
+
+
+LETTER = "ABC"
+
+
+def five_records(task, selected):
+    """s0 right, s1 wrong, s2 unreadable reply, s3 a model error, s4 never reached the model."""
+    p = {q.key: q for q in selected}
+    return [scored(task, p["s0"], f"The answer is ({LETTER[p['s0'].gold]})."),
+            scored(task, p["s1"], f"The answer is ({LETTER[(p['s1'].gold + 1) % 3]})."),
+            scored(task, p["s2"], "I cannot tell."),
+            scored(task, p["s3"], error="HTTP 500", error_kind="model"),
+            scored(task, p["s4"], error="OSError: unreadable", error_kind="input")]
+
+
+def loaded(samples, **kw):
+    from evalkit.tasks.base import LoadedData
+
+    return LoadedData(samples, {"kind": "local", "path": "/data/q.json"}, "sha256:data", **kw)
+
+
+def build(spec_, task, data, selected, records, *, holder=None, status="incomplete", previous=None,
+          timing=None, **kw):
+    return runner.build_run_record(spec_, task, data, holder or FakeHolder(), "rid0", selected, records, status,
+                                   timing or {"load_s": 0.5, "wall_s": 1.25, "model_s": 1.0, "calls": 4},
+                                   previous, **kw)
+
+
+def iso_now_close(text):
+    from datetime import datetime, timezone
+
+    t = datetime.fromisoformat(text)
+    assert t.utcoffset().total_seconds() == 0 and t.microsecond == 0 and text.endswith("+00:00")
+    assert abs((datetime.now(timezone.utc) - t).total_seconds()) < 60
+
+
+def test_run_record_fields_of_a_first_session():
+    from evalkit.protocol.choices import present
+
+    samples = three_choice_samples(7)
+    task = mcq(data="/data/q.json", audio_root="/clips")
+    selected = present(samples, "original", 0)[:6]  # s5 selected, not yet asked; s6 beyond --limit
+    records = five_records(task, selected)
+    run = build(spec(limit=6, shard=(1, 4), batch_size=3, seed=2), task, loaded(samples, warnings=["w1"]),
+                selected, records, identity={"name": "m", "args": {}}, audio_hash="sha256:aud", stopped="why")
+    assert run["schema_version"] == 1 and run["run_id"] == "rid0"
+    assert run["status"] == "incomplete" and run["stopped"] == "why"
+    iso_now_close(run["updated"])
+    assert run["created"] == run["updated"]
+    assert run["evalkit"]["version"] == __version__ and {"commit", "dirty"} <= run["evalkit"].keys()
+    assert run["environment"]["python"] == __import__("platform").python_version()
+    assert run["task"] == {"name": "plain-mcq", "version": "3",
+                           "options": {"data": "/data/q.json", "audio_root": "/clips", "prompt": "default"},
+                           "source": {"kind": "local", "path": "/data/q.json"}, "data_hash": "sha256:data",
+                           "audio_hash": "sha256:aud", "warnings": ["w1"], "main_metric": "accuracy",
+                           "modality": "audio"}
+    assert run["model"] == {"name": "m", "args": {}, "info": {}}  # the identity given, nothing loaded
+    assert run["generation"] == {"max_new_tokens": 512, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    # answers 0,1,2,0,1,2 in upstream order, shown in that order
+    assert run["protocol"] == {"choices": "balanced", "seed": 2, "limit": 6, "shard": "2/4", "no_audio": False,
+                               "silence_audio": False,
+                               "gold_positions": {"before": {"3": {"A": 2, "B": 2, "C": 2}},
+                                                  "after": {"3": {"A": 2, "B": 2, "C": 2}}}}
+    assert run["batch_size"] == 3
+    assert run["counts"] == {"records": 5, "samples": 5, "errors": 2, "input_errors": 1, "extraction_failures": 1,
+                             "selected_samples": 6, "selected_calls": 6, "task_samples": 7}
+    session, = run["timings"]["sessions"]
+    assert session == {"finished": run["updated"], "load_s": 0.5, "wall_s": 1.25, "model_s": 1.0, "calls": 4,
+                       "task_options": {"data": "/data/q.json", "audio_root": "/clips"},
+                       "status": "incomplete", "stopped": "why"}
+    assert run["timings"]["total_wall_s"] == 1.25
+    # figures over the four records that reached the model: one right, one extraction failure
+    assert run["metrics"]["accuracy"]["value"] == 25.0 and run["metrics"]["accuracy"]["n"] == 4
+    assert run["metrics"]["extraction_failure"]["value"] == 25.0
+    assert run["groups"]["axis"]["y"]["accuracy"]["n"] == 2 and run["groups"]["axis"]["x"]["accuracy"]["n"] == 2
+    assert run["extra"] == {"extraction_stages": {"answer_phrase": 2, "error": 1, "none": 1}}
+    assert run["long_audio"] is None
+    ext = run["diagnostics"]["extraction"]
+    assert ext["records"] == 3 and ext["model_errors"] == 1 and ext["failures"] == 1
+    assert "strategy" not in run
+
+
+def test_run_record_circular_counts_calls_and_samples_apart():
+    from evalkit.protocol.choices import present
+
+    samples = three_choice_samples(2)
+    task = mcq()
+    selected = present(samples, "circular", 0)
+    run = build(spec(choices="circular"), task, loaded(samples), selected, [])
+    assert run["counts"]["selected_samples"] == 2 and run["counts"]["selected_calls"] == 6
+    assert run["counts"]["records"] == 0 and run["counts"]["task_samples"] == 2
+    assert run["protocol"]["gold_positions"]["after"] == {"3": {"A": 2, "B": 2, "C": 2}}
+    assert run["metrics"] == {} and run["groups"] == {} and run["extra"] == {}
+    assert run["model"] == {"name": "fake", "args": {"size": "tiny"}, "info": {}}  # the holder's, when none given
+    assert run["task"]["audio_hash"] is None and run["protocol"]["shard"] is None
+    assert run["stopped"] is None
+
+
+def test_run_record_of_a_resumed_session_keeps_history():
+    from evalkit.protocol.choices import present
+
+    samples = three_choice_samples(5)
+    task = mcq(data="/new/copy.json")
+    selected = present(samples, "original", 0)
+    previous = {"created": "2026-01-01T00:00:00+00:00",
+                "timings": {"sessions": [{"finished": "2026-01-01T00:00:00+00:00", "wall_s": 2.00002}]},
+                "model": {"info": {"revision": "r1"}},
+                "diagnostics": {"audio_reliance": {"drop": 0.5}, "extraction": "stale"}}
+    run = build(spec(), task, loaded(samples), selected, five_records(task, selected), previous=previous,
+                status="complete", timing={"load_s": 0.0, "wall_s": 1.00004, "model_s": 0.0, "calls": 0})
+    assert run["created"] == "2026-01-01T00:00:00+00:00" and run["updated"] != run["created"]
+    first, second = run["timings"]["sessions"]
+    assert first == previous["timings"]["sessions"][0]
+    assert second["task_options"] == {"data": "/new/copy.json", "audio_root": None} and second["status"] == "complete"
+    assert run["timings"]["total_wall_s"] == 3.0001  # rounded to 4 places
+    assert run["model"]["info"] == {"revision": "r1"}  # not loaded this session: what the last one said
+    assert run["diagnostics"]["audio_reliance"] == {"drop": 0.5}  # the audio check's entry survives
+    assert run["diagnostics"]["extraction"]["records"] == 3
+    assert previous["timings"]["sessions"] == [{"finished": "2026-01-01T00:00:00+00:00", "wall_s": 2.00002}]
+
+
+@pytest.mark.parametrize("info, want", [
+    ({"revision": "abc", "api_key": "sk-runrec-secret-0001"}, {"revision": "abc", "api_key": "***"}),
+    (RuntimeError("no info today"), {"error": "no info today"}),
+])
+def test_run_record_model_info_from_the_loaded_adapter(info, want):
+    from evalkit.engine.secrets import MASK
+    from evalkit.protocol.choices import present
+
+    samples = three_choice_samples(1)
+    previous = {"model": {"info": {"revision": "stale"}}}
+    run = build(spec(), mcq(), loaded(samples), present(samples, "original", 0), [],
+                holder=FakeHolder(InfoModel(info)), previous=previous)
+    assert run["model"]["info"] == {k: (MASK if v == "***" else v) for k, v in want.items()}
+
+
+def test_run_record_without_previous_info_or_model():
+    from evalkit.protocol.choices import present
+
+    samples = three_choice_samples(1)
+    run = build(spec(), mcq(), loaded(samples), present(samples, "original", 0), [], previous={"created": "c"})
+    assert run["model"]["info"] == {} and run["created"] == "c"
+
+
+# ---------------------------------------------------------------- rescore
+
+
+@pytest.fixture
+def toy_registry(monkeypatch):
+    import plugins
+
+    plugins.install(monkeypatch)
+    yield
+    from evalkit import registry
+
+    registry._table.cache_clear()
+
+
+def stale_run(run_dir, samples, records):
+    """A run directory as an older extractor left it: every record claimed right, figures to match."""
+    from evalkit.engine.store import RunStore
+
+    for r in records:
+        r.update(extracted="A", extraction_stage="stale", scores={"accuracy": 1.0, "extraction_failure": 0.0})
+    store = RunStore(run_dir)
+    with store:
+        store.append(records)
+        store.write_run({"run_id": "rid0", "task": {"name": "toy-mcq", "options": {"data": "/nowhere.json"}},
+                         "counts": {"records": 5, "errors": 0, "input_errors": 0, "extraction_failures": 0,
+                                    "selected_samples": 9},
+                         "metrics": {"accuracy": {"value": 100.0}}, "groups": {}, "extra": {},
+                         "diagnostics": {"audio_reliance": {"drop": 0.5}, "extraction": "stale"}})
+
+
+def test_rescore_recomputes_records_figures_and_counts(tmp_path, toy_registry):
+    import plugins
+
+    from evalkit.engine.store import read_records
+    from evalkit.protocol.choices import present
+
+    samples = three_choice_samples(5)
+    task = plugins.ToyMCQ(TaskOptions(data="/nowhere.json"))
+    selected = present(samples, "original", 0)
+    stale_run(tmp_path, samples, five_records(task, selected))
+    run = runner.rescore(tmp_path)
+    on_disk = json.loads((tmp_path / "run.json").read_text())
+    assert on_disk == run
+    assert run["metrics"]["accuracy"]["value"] == 25.0 and run["metrics"]["accuracy"]["n"] == 4
+    assert run["metrics"]["extraction_failure"]["value"] == 25.0
+    assert run["groups"]["axis"]["y"]["accuracy"]["n"] == 2
+    assert run["extra"] == {"extraction_stages": {"answer_phrase": 2, "error": 1, "none": 1}}
+    assert run["counts"] == {"records": 5, "samples": 5, "errors": 2, "input_errors": 1, "extraction_failures": 1,
+                             "selected_samples": 9}  # what the records do not decide is kept
+    assert run["diagnostics"]["audio_reliance"] == {"drop": 0.5}
+    ext = run["diagnostics"]["extraction"]
+    assert ext["records"] == 3 and ext["model_errors"] == 1 and ext["failures"] == 1
+    iso_now_close(run["rescored"])
+    recs = {r["key"]: r for r in read_records(tmp_path / "samples.jsonl")}
+    assert [recs[f"s{i}"]["scores"]["accuracy"] for i in range(5)] == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert [recs[f"s{i}"]["extraction_stage"] for i in range(5)] == ["answer_phrase", "answer_phrase", "none",
+                                                                      "error", "error"]
+    assert recs["s0"]["extracted"] == LETTER[selected[0].gold]
+
+
+def test_rescore_of_a_run_without_records(tmp_path, toy_registry):
+    stale_run(tmp_path, [], [])
+    run = runner.rescore(tmp_path)
+    assert run["metrics"] == {} and run["groups"] == {} and run["extra"] == {}
+    assert run["counts"]["records"] == 0 and run["counts"]["selected_samples"] == 9
+
+
+def test_rescore_refuses_a_folder_without_run_json(tmp_path):
+    with pytest.raises(RunConfigError) as e:
+        runner.rescore(tmp_path)
+    assert str(e.value) == f"{tmp_path}: no run.json; is this a run directory?"
+
+
+def test_rescore_of_an_unchanged_run_reproduces_its_figures(toy):
+    """Records whose input never reached the model stay out of the figures after `evalkit score` too."""
+    from evalkit.engine.runner import run_task
+
+    (toy / "audio" / "a3.wav").unlink()  # s6 and s7 cannot be prepared
+    res = run_task(RunSpec(model="scripted", task="toy-mcq", model_args={"answers": str(toy / "key.json")},
+                           task_args={"data": str(toy / "toy.json")}, output=toy / "runs", limit=8))
+    assert res.run["metrics"]["accuracy"]["n"] == 6 and res.run["counts"]["input_errors"] == 2
+    again = runner.rescore(res.run_dir)
+    assert again["metrics"]["accuracy"]["value"] == 100.0 and again["metrics"]["accuracy"]["n"] == 6
+    assert again["counts"]["records"] == 8 and again["counts"]["input_errors"] == 2

@@ -691,10 +691,11 @@ def build_run_record(spec: RunSpec, task, data, holder: ModelHolder, run_id: str
 
 def score_records(task, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Re-extract, re-score and aggregate records through the task (`evalkit score`, `evalkit merge`):
-    {"metrics", "groups", "extra", "counts"}."""
+    {"metrics", "groups", "extra", "counts"}; as in run.json, figures only over records that reached the model."""
     for r in records:
         r.update(score_record(task, r))
-    agg = task.aggregate(records) if records else {"metrics": {}, "groups": {}, "extra": {}}
+    answered = [r for r in records if reached_model(r)]
+    agg = task.aggregate(answered) if answered else {"metrics": {}, "groups": {}, "extra": {}}
     return {"metrics": agg["metrics"], "groups": agg["groups"], "extra": agg.get("extra", {}),
             "counts": count_records(records)}
 
