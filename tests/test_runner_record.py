@@ -37,6 +37,9 @@ class OpenTask(Task):
     main_metric = "wer"
     modality = "text"
 
+    def aggregate(self, records):  # a task whose aggregate has no "extra"
+        return {"metrics": {"answered": {"value": len(records)}}, "groups": {}}
+
 
 def mcq(**options):
     return PlainMCQ(TaskOptions(**options))
@@ -450,3 +453,86 @@ def test_rescore_of_an_unchanged_run_reproduces_its_figures(toy):
     again = runner.rescore(res.run_dir)
     assert again["metrics"]["accuracy"]["value"] == 100.0 and again["metrics"]["accuracy"]["n"] == 6
     assert again["counts"]["records"] == 8 and again["counts"]["input_errors"] == 2
+
+
+def test_run_record_of_a_task_that_is_not_multiple_choice():
+    from evalkit.types import Presentation, Sample
+
+    samples = [Sample(id="t0", question="say it"), Sample(id="t1", question="again")]
+    selected = [Presentation(key=s.id, sample=s) for s in samples]
+    records = [{**runner.base_record(selected[0], None), "output": "hi", "error": None, "error_kind": None},
+               {**runner.base_record(selected[1], None), "output": None, "error": "OSError", "error_kind": "input"}]
+    run = build(spec(choices="circular"), OpenTask(TaskOptions()), loaded(samples), selected, records)
+    assert run["protocol"]["choices"] is None and run["protocol"]["gold_positions"] is None
+    assert run["metrics"] == {"answered": {"value": 1}}  # the input error is not among the figures
+    assert run["extra"] == {} and run["groups"] == {}
+    assert run["task"]["main_metric"] == "wer" and run["task"]["modality"] == "text"
+    assert "position_bias" not in run["diagnostics"]
+
+
+def cot_record(task, p, error_kind=None):
+    rec = scored(task, p, "Answer: A", error="OSError" if error_kind else None, error_kind=error_kind)
+    rec["strategy"] = {"name": "cot", "options": {"require_answer_line": True},
+                       "calls": [{"output": "thinking"}, {"output": "Answer: A"}]}
+    return rec
+
+
+def test_run_record_strategy_block(tmp_path, monkeypatch):
+    from evalkit.engine.strategies import ChainOfThought
+    from evalkit.protocol.choices import present
+
+    asked = []
+    monkeypatch.setattr(ChainOfThought, "run_info", lambda self, run_dir: asked.append(run_dir) or {"from": "dir"})
+    samples = three_choice_samples(3)
+    task = mcq()
+    selected = present(samples, "original", 0)
+    records = [cot_record(task, selected[0]), cot_record(task, selected[1], "input"), scored(task, selected[2], "A")]
+    sp = spec(strategy="cot", strategy_options={"require_answer_line": True}, output=tmp_path)
+    run = build(sp, task, loaded(samples), selected, records)
+    # identity, then the figures over records that reached the model (one holds the strategy), then run_info
+    assert run["strategy"] == {"name": "cot", "options": {"require_answer_line": True}, "records": 1,
+                               "calls_per_record": 2.0, "from": "dir"}
+    assert asked == [tmp_path / "rid0"]
+    plain = build(sp, task, loaded(samples), selected, records[2:])
+    assert plain["strategy"] == {"name": "cot", "options": {"require_answer_line": True}, "from": "dir"}
+
+
+# ---------------------------------------------------------------- counts and audio summaries
+
+
+def test_count_records_by_kind():
+    recs = [{"sample_id": "a", "error": None, "extraction_stage": "answer_phrase"},
+            {"sample_id": "a", "error": None, "extraction_stage": "none"},  # a second rotation of a
+            {"sample_id": "b", "error": "HTTP 500", "error_kind": "model", "extraction_stage": "error"},
+            {"sample_id": "c", "error": "OSError", "error_kind": "input", "extraction_stage": "error"},
+            {"sample_id": "d", "extraction_stage": "ambiguous"}]  # no error field: an answer
+    assert runner.count_records(recs) == {"records": 5, "samples": 4, "errors": 2, "input_errors": 1,
+                                          "extraction_failures": 2}
+    assert runner.count_records([]) == {"records": 0, "samples": 0, "errors": 0, "input_errors": 0,
+                                        "extraction_failures": 0}
+
+
+def test_long_audio_summary_over_records_that_say():
+    recs = [{"extra": {"audio_seconds": 10.0, "audio_seconds_fed": 10.0}},
+            {"extra": {"audio_seconds": 40.0, "audio_seconds_fed": 30.0}},  # truncated
+            {"extra": {"audio_seconds": 12.0, "audio_seconds_fed": 11.9995}},  # within the 1 ms rounding
+            {"extra": {"audio_seconds": 50.0, "audio_seconds_fed": None}},  # fed not known
+            {"extra": {"audio_seconds": 8.0, "audio_seconds_fed": 7.998}},  # 2 ms short: truncated
+            {"extra": {}}, {"extra": None}, {}]
+    assert runner.long_audio_summary(recs) == {"records": 5, "fed_known": 4, "truncated": 2, "longest_s": 50.0,
+                                               "most_fed_s": 30.0}
+    assert runner.long_audio_summary([{"extra": {"audio_seconds": 3.0}}]) == {
+        "records": 1, "fed_known": 0, "truncated": 0, "longest_s": 3.0, "most_fed_s": None}
+    assert runner.long_audio_summary([{"extra": {}}]) is None and runner.long_audio_summary([]) is None
+
+
+def test_run_record_long_audio_from_the_records():
+    from evalkit.protocol.choices import present
+
+    samples = three_choice_samples(1)
+    task = mcq()
+    selected = present(samples, "original", 0)
+    rec = scored(task, selected[0], "A", extra={"audio_seconds": 31.0, "audio_seconds_fed": 30.0})
+    run = build(spec(), task, loaded(samples), selected, [rec])
+    assert run["long_audio"] == {"records": 1, "fed_known": 1, "truncated": 1, "longest_s": 31.0,
+                                 "most_fed_s": 30.0}
