@@ -304,6 +304,7 @@ def test_run_record_fields_of_a_first_session():
     assert run["long_audio"] is None
     ext = run["diagnostics"]["extraction"]
     assert ext["records"] == 3 and ext["model_errors"] == 1 and ext["failures"] == 1
+    assert run["diagnostics"]["position_bias"]["by_choice_count"]["3"]["records"] == 4  # positions checked (MCQ)
     assert "strategy" not in run
 
 
@@ -359,6 +360,7 @@ def test_run_record_model_info_from_the_loaded_adapter(info, want):
     run = build(spec(), mcq(), loaded(samples), present(samples, "original", 0), [],
                 holder=FakeHolder(InfoModel(info)), previous=previous)
     assert run["model"]["info"] == {k: (MASK if v == "***" else v) for k, v in want.items()}
+    assert run["created"] == run["updated"]  # the previous session wrote no creation time: this one is it
 
 
 def test_run_record_without_previous_info_or_model():
@@ -367,6 +369,25 @@ def test_run_record_without_previous_info_or_model():
     samples = three_choice_samples(1)
     run = build(spec(), mcq(), loaded(samples), present(samples, "original", 0), [], previous={"created": "c"})
     assert run["model"]["info"] == {} and run["created"] == "c"
+    run = build(spec(), mcq(), loaded(samples), present(samples, "original", 0), [], previous={"model": {"n": 1}})
+    assert run["model"]["info"] == {}
+
+
+class WindowOptions(TaskOptions):
+    window: tuple[int, int] = (0, 30)
+
+
+class WindowMCQ(PlainMCQ):
+    Options = WindowOptions
+
+
+def test_run_record_task_options_as_json_has_them():
+    from evalkit.protocol.choices import present
+
+    samples = three_choice_samples(1)
+    run = build(spec(), WindowMCQ(WindowOptions()), loaded(samples), present(samples, "original", 0), [])
+    assert run["task"]["options"] == {"data": None, "audio_root": None, "prompt": "default", "window": [0, 30]}
+    assert type(run["task"]["options"]["window"]) is list  # what run.json reads back, not a tuple
 
 
 # ---------------------------------------------------------------- rescore
@@ -536,3 +557,27 @@ def test_run_record_long_audio_from_the_records():
     run = build(spec(), task, loaded(samples), selected, [rec])
     assert run["long_audio"] == {"records": 1, "fed_known": 1, "truncated": 1, "longest_s": 31.0,
                                  "most_fed_s": 30.0}
+
+
+def test_run_record_voting_strategy_reports_the_first_sample_alone():
+    from evalkit.protocol.choices import present
+
+    samples = three_choice_samples(2)
+    task = mcq()
+    selected = present(samples, "original", 0)
+    options = {"k": 2, "temperature": 0.7, "top_p": 1.0, "cot": False}
+    records = []
+    for p, first_right, agreement in ((selected[0], 1.0, 1.0), (selected[1], 0.0, 0.5)):
+        rec = scored(task, p, f"The answer is ({LETTER[p.gold]}).")
+        calls = [{"scores": {"accuracy": first_right, "extraction_failure": 0.0}, "extraction_stage": "answer_phrase"},
+                 {"scores": {"accuracy": 1.0, "extraction_failure": 0.0}, "extraction_stage": "answer_phrase"}]
+        rec["strategy"] = {"name": "self-consistency", "options": options, "calls": calls,
+                           "aggregate": {"agreement": agreement, "outcome": "majority" if agreement == 1.0 else "tie"}}
+        records.append(rec)
+    run = build(spec(strategy="self-consistency", strategy_options={"k": 2}), task, loaded(samples), selected,
+                records)
+    st = run["strategy"]
+    assert st["name"] == "self-consistency" and st["options"] == options
+    assert st["records"] == 2 and st["calls_per_record"] == 2.0
+    assert st["first_call"]["metrics"]["accuracy"]["value"] == 50.0  # the first samples alone: one of two right
+    assert st["agreement_mean"] == 0.75 and st["outcomes"] == {"majority": 1, "tie": 1}
