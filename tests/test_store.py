@@ -1,7 +1,10 @@
 """Edge cases of evalkit.engine.store, each checked against a hand-derived expectation (issue 11: mutation kill rate)."""
+import codecs
 import fcntl
 import json
+import locale
 import os
+import sys
 
 import pytest
 
@@ -355,3 +358,48 @@ def test_compact_of_a_log_without_duplicates_leaves_the_file_alone(tmp_path):
     with RunStore(tmp_path) as store:
         store.compact(["a", "b"])
     assert path.read_bytes() == b'{"key":"b"}\n{"key":"a"}\n' and path.stat().st_ino == inode
+
+
+def test_a_store_can_be_locked_and_appended_to_again_after_release(tmp_path):
+    store = RunStore(tmp_path)
+    with store:
+        store.append([{"key": "a"}])
+    with store:
+        store.append([{"key": "b"}])
+    assert (tmp_path / "samples.jsonl").read_bytes() == b'{"key": "a"}\n{"key": "b"}\n'
+
+
+@pytest.fixture
+def ascii_locale():
+    """The C locale's ASCII as the locale encoding, as on a host whose locale is not UTF-8."""
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    if sys.flags.utf8_mode or codecs.lookup(locale.getpreferredencoding(False)).name == "utf-8":
+        locale.setlocale(locale.LC_CTYPE, before)
+        pytest.skip("the C locale's encoding is UTF-8 here")
+    yield
+    locale.setlocale(locale.LC_CTYPE, before)
+
+
+def test_log_is_utf8_whatever_the_locale(tmp_path, ascii_locale):
+    with RunStore(tmp_path) as store:
+        store.append([{"key": "é"}])
+        assert (tmp_path / "samples.jsonl").read_bytes() == b'{"key": "\xc3\xa9"}\n'
+        store.rewrite([{"key": "ü"}])
+    assert (tmp_path / "samples.jsonl").read_bytes() == b'{"key": "\xc3\xbc"}\n'
+
+
+def test_temp_file_left_by_a_crash_mid_rewrite_is_gone_after_the_next_rewrite(tmp_path):
+    # kill -9 between writing the temp file and renaming it leaves samples.jsonl.tmp behind
+    (tmp_path / "samples.jsonl.tmp").write_bytes(b'{"key": "half')
+    with RunStore(tmp_path) as store:
+        store.rewrite([{"key": "a"}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "samples.jsonl"]
+    assert (tmp_path / "samples.jsonl").read_bytes() == b'{"key": "a"}\n'
+
+
+def test_temp_file_left_by_a_crash_mid_write_run_is_gone_after_the_next_write(tmp_path):
+    (tmp_path / "run.json.tmp").write_text('{"id": "ha')
+    RunStore(tmp_path).write_run({"id": "r2"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+    assert (tmp_path / "run.json").read_text() == '{\n "id": "r2"\n}\n'
