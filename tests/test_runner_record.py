@@ -37,6 +37,9 @@ class OpenTask(Task):
     main_metric = "wer"
     modality = "text"
 
+    def score(self, record):
+        return {"extracted": record.get("output"), "extraction_stage": None, "scores": {}}
+
     def aggregate(self, records):  # a task whose aggregate has no "extra"
         return {"metrics": {"answered": {"value": len(records)}}, "groups": {}}
 
@@ -404,7 +407,7 @@ def toy_registry(monkeypatch):
     registry._table.cache_clear()
 
 
-def stale_run(run_dir, samples, records):
+def stale_run(run_dir, samples, records, task_name="toy-mcq", **run_fields):
     """A run directory as an older extractor left it: every record claimed right, figures to match."""
     from evalkit.engine.store import RunStore
 
@@ -413,11 +416,11 @@ def stale_run(run_dir, samples, records):
     store = RunStore(run_dir)
     with store:
         store.append(records)
-        store.write_run({"run_id": "rid0", "task": {"name": "toy-mcq", "options": {"data": "/nowhere.json"}},
+        store.write_run({"run_id": "rid0", "task": {"name": task_name, "options": {"data": "/nowhere.json"}},
                          "counts": {"records": 5, "errors": 0, "input_errors": 0, "extraction_failures": 0,
                                     "selected_samples": 9},
-                         "metrics": {"accuracy": {"value": 100.0}}, "groups": {}, "extra": {},
-                         "diagnostics": {"audio_reliance": {"drop": 0.5}, "extraction": "stale"}})
+                         "metrics": {"accuracy": {"value": 100.0}}, "groups": {}, "extra": {"old": 1},
+                         "diagnostics": {"audio_reliance": {"drop": 0.5}, "extraction": "stale"}, **run_fields})
 
 
 def test_rescore_recomputes_records_figures_and_counts(tmp_path, toy_registry):
@@ -442,6 +445,7 @@ def test_rescore_recomputes_records_figures_and_counts(tmp_path, toy_registry):
     assert run["diagnostics"]["audio_reliance"] == {"drop": 0.5}
     ext = run["diagnostics"]["extraction"]
     assert ext["records"] == 3 and ext["model_errors"] == 1 and ext["failures"] == 1
+    assert run["diagnostics"]["position_bias"]["by_choice_count"]["3"]["records"] == 4
     iso_now_close(run["rescored"])
     recs = {r["key"]: r for r in read_records(tmp_path / "samples.jsonl")}
     assert [recs[f"s{i}"]["scores"]["accuracy"] for i in range(5)] == [1.0, 0.0, 0.0, 0.0, 0.0]
@@ -581,3 +585,35 @@ def test_run_record_voting_strategy_reports_the_first_sample_alone():
     assert st["records"] == 2 and st["calls_per_record"] == 2.0
     assert st["first_call"]["metrics"]["accuracy"]["value"] == 50.0  # the first samples alone: one of two right
     assert st["agreement_mean"] == 0.75 and st["outcomes"] == {"majority": 1, "tie": 1}
+
+
+def test_rescore_of_an_old_run_json_without_diagnostics(tmp_path, toy_registry):
+    import plugins
+
+    from evalkit.protocol.choices import present
+
+    samples = three_choice_samples(5)
+    selected = present(samples, "original", 0)
+    stale_run(tmp_path, samples, five_records(plugins.ToyMCQ(TaskOptions()), selected))
+    run = json.loads((tmp_path / "run.json").read_text())
+    del run["diagnostics"]
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    again = runner.rescore(tmp_path)
+    assert set(again["diagnostics"]) == {"extraction", "position_bias"}
+
+
+def test_rescore_through_a_task_whose_aggregate_has_no_extra(tmp_path, monkeypatch):
+    from evalkit import registry
+    from evalkit.types import Presentation, Sample
+
+    monkeypatch.setenv("EVALKIT_TASKS", "open-task=test_runner_record:OpenTask")
+    registry._table.cache_clear()
+    try:
+        samples = [Sample(id="t0"), Sample(id="t1")]
+        recs = [{**runner.base_record(Presentation(key=s.id, sample=s), None), "output": "x", "error": None,
+                 "error_kind": kind} for s, kind in zip(samples, (None, "input"))]
+        stale_run(tmp_path, samples, recs, task_name="open-task")
+        run = runner.rescore(tmp_path)
+    finally:
+        registry._table.cache_clear()
+    assert run["metrics"] == {"answered": {"value": 1}} and run["extra"] == {} and run["groups"] == {}
