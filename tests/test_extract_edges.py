@@ -1,1 +1,93 @@
-"""Edge cases of evalkit.protocol.extract, each checked against a hand-derived expectation (issue 11: mutation kill rate)."""
+"""Edge cases of evalkit.protocol.extract, each checked against a hand-derived expectation (issue 11: mutation kill rate).
+
+The expected (index, stage) pairs follow the precedence documented in evalkit/protocol/extract.py; each
+comment says which reading decides and why the others do not.
+"""
+from __future__ import annotations
+
+import pytest
+
+from evalkit.protocol.extract import Extraction, extract_choice
+
+ANIMALS = ["Cow", "Cat", "Duck", "Horse"]  # (A) Cow (B) Cat (C) Duck (D) Horse
+PETS = ["Dog", "Cat", "Bird", "Horse"]
+# ten options, so "I" is a letter (the ninth option) and not only the pronoun
+INSTRUMENTS = ["Piano", "Guitar", "Drums", "Flute", "Cello", "Harp", "Organ", "Trumpet", "Violin", "Banjo"]
+
+
+def read(response: str, choices: list[str]) -> tuple[int | None, str]:
+    e = extract_choice(response, choices)
+    assert isinstance(e, Extraction)
+    return e.index, e.stage
+
+
+# ---------------------------------------------------------------- an option's text followed by more words
+
+
+@pytest.mark.parametrize("response,expected", [
+    # the leading answer is "Cat" followed by words; the later mention of another option is explanation
+    ("Cat, not Dog.", (1, "option_text")),
+    ("Cat because a dog would bark", (1, "option_text")),
+    # the same after an answer statement: the statement's span starts with the option's text
+    ("The answer is Cat, not Dog.", (1, "answer_phrase")),
+    # "Cat" inside a word is not the option "Cat" followed by words
+    ("Catfish, not Dog.", (0, "option_text")),
+])
+def test_leading_option_text_followed_by_words(response, expected):
+    assert read(response, PETS) == expected
+
+
+# ---------------------------------------------------------------- letters beyond the options
+
+
+@pytest.mark.parametrize("response", [
+    "Option E",            # a fifth letter with four options names nothing
+    "It's (E).",
+    "The answer is E.",
+])
+def test_a_letter_past_the_last_option_names_nothing(response):
+    assert read(response, ANIMALS) == (None, "none")
+
+
+def test_options_whose_text_is_only_punctuation_are_chosen_by_letter():
+    # both options normalize to "" (no option text can be matched), so only letters name them
+    assert read("B", ["?", "!"]) == (1, "letter")
+    assert read("The answer is A.", ["...", "?!"]) == (0, "answer_phrase")
+    assert read("A\nB", ["?", "!"]) == (None, "option_list")
+
+
+# ---------------------------------------------------------------- option lines that mix labels and texts
+
+
+@pytest.mark.parametrize("response", [
+    "(A) Cow\nCat",               # a labelled line and a line that is another option's text
+    "Cat\n(A) Cow",               # the same, text first
+    "...\n(A) Cow\nCat",          # a first line that normalizes to nothing still counts as a line
+    "A. Cow\nB. Cat\n\nCat",      # an echoed list, then an answer by text: still an echo
+    "A\nB\nCat",
+    "Answer:\nA. Cow\nCat",       # a statement whose answer starts a list continued by an option's text
+])
+def test_label_and_text_lines_naming_different_options_are_a_list(response):
+    assert read(response, ANIMALS) == (None, "option_list")
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("(B) Cat\nCat", (1, "letter_with_text")),     # label and text lines agree: one answer, not a list
+    ("Cat\n\nB", (1, "option_text")),
+])
+def test_label_and_text_lines_naming_one_option_are_an_answer(response, expected):
+    assert read(response, ANIMALS) == expected
+
+
+# ---------------------------------------------------------------- "I": the pronoun or the ninth letter
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("The answer is I.", (8, "answer_phrase")),
+    ("The answer is I (the ninth option).", (8, "answer_phrase")),
+    # "I think ..." after a statement is the pronoun: the statement is unreadable, the mention decides
+    ("Answer: I think it is (C).", (2, "letter_mention")),
+    ("Answer: I would say violin", (8, "option_text")),
+])
+def test_capital_i_after_a_statement(response, expected):
+    assert read(response, INSTRUMENTS) == expected
