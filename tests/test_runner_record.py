@@ -541,10 +541,11 @@ def test_long_audio_summary_over_records_that_say():
     recs = [{"extra": {"audio_seconds": 10.0, "audio_seconds_fed": 10.0}},
             {"extra": {"audio_seconds": 40.0, "audio_seconds_fed": 30.0}},  # truncated
             {"extra": {"audio_seconds": 12.0, "audio_seconds_fed": 11.9995}},  # within the 1 ms rounding
+            {"extra": {"audio_seconds": 20.0, "audio_seconds_fed": 19.999}},  # one rounding step (1 ms): not cut
             {"extra": {"audio_seconds": 50.0, "audio_seconds_fed": None}},  # fed not known
             {"extra": {"audio_seconds": 8.0, "audio_seconds_fed": 7.998}},  # 2 ms short: truncated
             {"extra": {}}, {"extra": None}, {}]
-    assert runner.long_audio_summary(recs) == {"records": 5, "fed_known": 4, "truncated": 2, "longest_s": 50.0,
+    assert runner.long_audio_summary(recs) == {"records": 6, "fed_known": 5, "truncated": 2, "longest_s": 50.0,
                                                "most_fed_s": 30.0}
     assert runner.long_audio_summary([{"extra": {"audio_seconds": 3.0}}]) == {
         "records": 1, "fed_known": 0, "truncated": 0, "longest_s": 3.0, "most_fed_s": None}
