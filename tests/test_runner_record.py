@@ -618,3 +618,114 @@ def test_rescore_through_a_task_whose_aggregate_has_no_extra(tmp_path, monkeypat
     finally:
         registry._table.cache_clear()
     assert run["metrics"] == {"answered": {"value": 1}} and run["extra"] == {} and run["groups"] == {}
+
+
+# ---------------------------------------------------------------- a run folder this process cannot write
+
+
+def finished_folder(run_dir, records, run=True):
+    from evalkit.engine.store import RunStore
+
+    store = RunStore(run_dir)
+    with store:
+        store.append(records)
+        if run:
+            store.write_run({"run_id": "rid0", "status": "complete"})
+
+
+def plain_presentations(*ids):
+    from evalkit.types import Presentation, Sample
+
+    return [Presentation(key=i, sample=Sample(id=i)) for i in ids]
+
+
+def test_read_only_finished_run_is_shown_as_it_is(tmp_path):
+    finished_folder(tmp_path, [{"key": "a", "error": None}, {"key": "b", "error": "HTTP 500", "error_kind": "model"}])
+    res = runner._show_read_only(spec(), tmp_path, "rid0", plain_presentations("a", "b"))
+    assert (res.run_id, res.run_dir, res.run, res.calls) == ("rid0", tmp_path, {"run_id": "rid0", "status": "complete"},
+                                                             0)
+
+
+@pytest.mark.parametrize("records, run, to_do", [
+    ([{"key": "a", "error": None}], True, 1),  # b was never asked
+    ([{"key": "a", "error": None}, {"key": "b", "error": "OSError", "error_kind": "input"}], True, 1),  # b unprepared
+    ([{"key": "a", "error": None}, {"key": "b", "error": None}], False, 0),  # no run.json
+])
+def test_read_only_unfinished_run_is_refused(tmp_path, records, run, to_do):
+    finished_folder(tmp_path, records, run)
+    with pytest.raises(RunConfigError) as e:
+        runner._show_read_only(spec(), tmp_path, "rid0", plain_presentations("a", "b"))
+    assert str(e.value) == (f"cannot write to the run directory {tmp_path} (read-only or no permission), and the "
+                            f"run is not finished ({to_do} of 2 samples to do); pass --output DIR to a writable folder")
+
+
+@pytest.mark.parametrize("error, readable", [
+    (PermissionError(1, "Operation not permitted"), True),
+    (OSError(30, "Read-only file system"), True),
+    (OSError(28, "No space left on device"), False),
+])
+def test_open_store_tells_a_read_only_folder_from_a_broken_one(tmp_path, monkeypatch, error, readable):
+    from evalkit.engine.store import RunStore
+
+    def refuse(self):
+        raise error
+
+    monkeypatch.setattr(RunStore, "acquire", refuse)
+    if readable:
+        assert runner._open_store(tmp_path) is None  # shown read-only when finished
+    else:
+        with pytest.raises(RunConfigError) as e:
+            runner._open_store(tmp_path)
+        assert str(e.value) == f"cannot open the run directory {tmp_path}: [Errno 28] No space left on device"
+
+
+def test_open_store_locks_the_run(tmp_path):
+    from evalkit.engine.store import RunLockedError, RunStore
+
+    store = runner._open_store(tmp_path)
+    try:
+        assert store.dir == tmp_path
+        with pytest.raises(RunLockedError):
+            RunStore(tmp_path).acquire()
+    finally:
+        store.release()
+
+
+# ---------------------------------------------------------------- request building
+
+
+def test_silence_keeps_length_and_rate():
+    import numpy as np
+
+    from evalkit.types import AudioRef
+
+    clip = AudioRef(array=np.linspace(-1, 1, 1234, dtype=np.float32), sample_rate=22050, label="clip7")
+    clip.load(None)
+    quiet = runner.silence_like(clip)
+    x, sr = quiet.load(None)
+    assert sr == 22050 and quiet.sample_rate == 22050 and x.dtype == np.float32 and x.shape == (1234,)
+    assert not x.any() and quiet.array.dtype == np.float32
+    assert quiet.describe() == "silence:clip7"
+    assert clip._decoded == {}  # the original's decoded samples are not kept alive
+
+
+# ---------------------------------------------------------------- adapter arguments that name files
+
+
+def test_input_paths_walk_nested_adapter_specs(tmp_path, toy_registry):
+    weights, answers, log, notes = (tmp_path / n for n in ("weights", "answers.json", "calls.log", "notes.txt"))
+    weights.mkdir()
+    for f in (answers, log, notes):
+        f.write_text("x")
+    top = SimpleNamespace(volatile_args=frozenset({"cache"}))
+    args = {"cache": str(weights),  # volatile: never identity, and the walk goes on after it
+            "model_dir": str(weights), "name_only": "not/a/path", "n": 3,
+            "captioner": {"name": "scripted", "args": {"answers": str(answers), "calls_log": str(log)}},
+            "lookalike": {"name": "no-such-adapter", "args": {"calls_log": str(log)}},
+            "notes": str(notes)}
+    assert runner.input_paths(top, args) == {
+        "model_dir": str(weights),
+        "captioner.args.answers": str(answers),  # scripted's calls_log is volatile for scripted
+        "lookalike.args.calls_log": str(log),  # not an adapter: every path in it counts
+        "notes": str(notes)}
+    assert runner.input_paths(SimpleNamespace(), {"notes": str(notes)}, "outer.") == {"outer.notes": str(notes)}
