@@ -91,3 +91,47 @@ def test_label_and_text_lines_naming_one_option_are_an_answer(response, expected
 ])
 def test_capital_i_after_a_statement(response, expected):
     assert read(response, INSTRUMENTS) == expected
+
+
+# ---------------------------------------------------------------- a letter that is also (part of) an option's text
+
+CHORDS = ["E:min7/1", "A:7/1", "D:maj7(11)/4", "G:maj7/1"]
+NOTES = ["G", "A#", "D", "E"]
+# statement-combination options: "(a) only" starts like the label "(A)"
+STATEMENTS = ["(a) and (b)", "(a) only", "(b) only", "neither"]
+
+
+@pytest.mark.parametrize("response,choices,expected", [
+    ("A:7/1", CHORDS, (1, "option_text")),         # a chord label, not letter A with text "7/1"
+    ("D:maj7(11)/4", CHORDS, (2, "option_text")),  # D is a letter too (option 4), but the text is option 3's
+    ("G:maj7/1", CHORDS, (3, "option_text")),      # G is no letter among four options
+    ("(A) only", STATEMENTS, (None, "ambiguous")),  # letter A, or the text "(a) only" (option B)
+    ("The answer is (A) only.", STATEMENTS, (None, "ambiguous")),
+    ("B. Dog", PETS, (None, "ambiguous")),          # letter B with option A's text
+    ("The answer is B Dog.", PETS, (None, "ambiguous")),
+])
+def test_letter_against_option_text(response, choices, expected):
+    assert read(response, choices) == expected
+
+
+@pytest.mark.parametrize("response,choices", [
+    # a statement whose own answer is already ambiguous, then option lines: the list decides the stage
+    ("The answer is D\nA. G\nB. A#", NOTES),          # bare D: letter D or option C's text "D"
+    ("Answer: (A) only\n(B) only", STATEMENTS),       # letter A or option B's text, then option B
+    ("Answer: (B) Dog\n(A) Cow", ANIMALS),            # letter B with option A's text, then option A
+])
+def test_ambiguous_statement_starting_a_list_is_an_echo(response, choices):
+    assert read(response, choices) == (None, "option_list")
+
+
+# ---------------------------------------------------------------- statements that touch each other
+
+
+@pytest.mark.parametrize("response,choices,expected", [
+    # no space between two statements: the first ("Answer:") has no answer of its own, the second decides
+    ("Answer:I choose B.", ANIMALS, (1, "answer_phrase")),
+    # "I Choose" is a statement, so its "I" is not read as the ninth letter answering "Answer:"
+    ("Answer: I Choose B", INSTRUMENTS, (1, "answer_phrase")),
+])
+def test_adjacent_statements(response, choices, expected):
+    assert read(response, choices) == expected
