@@ -729,3 +729,75 @@ def test_input_paths_walk_nested_adapter_specs(tmp_path, toy_registry):
         "lookalike.args.calls_log": str(log),  # not an adapter: every path in it counts
         "notes": str(notes)}
     assert runner.input_paths(SimpleNamespace(), {"notes": str(notes)}, "outer.") == {"outer.notes": str(notes)}
+
+
+# ---------------------------------------------------------------- replies of any shape
+
+
+def test_a_reply_that_is_not_text_becomes_an_error_naming_its_type():
+    from evalkit.types import Response
+
+    usage = {"tokens": 3}
+    out = runner.normalize_response(Response("k1", text=5, latency_s=0.25, extra=usage))
+    assert (out.key, out.text, out.error, out.latency_s, out.extra) == (
+        "k1", None, "adapter returned a int as its output, not text", 0.25, {"tokens": 3})
+    assert out.extra is not usage  # the error response does not share the adapter's dict
+    bare = runner.normalize_response(Response("k2", text=["a"]))
+    assert bare.error == "adapter returned a list as its output, not text" and bare.extra == {}
+
+
+def test_lone_surrogates_are_replaced_and_the_repair_noted():
+    from evalkit.types import Response
+
+    out = runner.normalize_response(Response("k1", text="ok \ud800 end", error="partial", latency_s=0.5,
+                                             extra={"tokens": 3}))
+    # the surrogate's three bytes (ED A0 80) are each invalid UTF-8: three replacement characters
+    assert (out.key, out.text, out.error, out.latency_s) == ("k1", "ok \ufffd\ufffd\ufffd end", "partial", 0.5)
+    assert out.extra == {"tokens": 3, "text_repaired": "surrogates"}
+    assert runner.normalize_response(Response("k2", text="\udfff")).extra == {"text_repaired": "surrogates"}
+
+
+@pytest.mark.parametrize("text", ["plain é ✓", None, ""])
+def test_well_formed_replies_pass_untouched(text):
+    from evalkit.types import Response
+
+    resp = Response("k", text=text, error=None if text is not None else "HTTP 500", extra={"a": 1})
+    assert runner.normalize_response(resp) is resp
+
+
+# ---------------------------------------------------------------- seconds of audio heard
+
+
+def clip(n, sr, decoded_at):
+    import numpy as np
+
+    from evalkit.types import AudioRef
+
+    a = AudioRef(array=np.zeros(n, dtype=np.float32), sample_rate=sr)
+    if decoded_at is not False:
+        a.load(decoded_at)
+    return a
+
+
+def request_with(*clips):
+    from evalkit.types import Request
+
+    content = [{"type": "audio", "audio": c} for c in clips] + [{"type": "text", "text": "q"}]
+    return Request(key="k", messages=[{"role": "user", "content": content}])
+
+
+def test_audio_seconds_sums_the_clips_as_the_model_received_them():
+    model = SimpleNamespace(sample_rate=16000)
+    # 1.0000625 s + 0.5 s, at the model's rate; rounded to the millisecond
+    assert runner.audio_seconds(request_with(clip(16001, 16000, 16000), clip(8000, 16000, 16000)), model) == 1.5
+    assert runner.audio_seconds(request_with(clip(16001, 16000, 16000)), model) == 1.0
+    assert runner.audio_seconds(request_with(clip(24000, 48000, 16000)), model) == 0.5  # resampled: 8000 at 16 kHz
+
+
+def test_audio_seconds_unknown_when_nothing_was_decoded_for_the_model():
+    model = SimpleNamespace(sample_rate=16000)
+    assert runner.audio_seconds(request_with(clip(16000, 16000, 16000), clip(16000, 16000, False)), model) is None
+    assert runner.audio_seconds(request_with(clip(16000, 16000, None)), model) is None  # native rate only
+    assert runner.audio_seconds(request_with(), model) is None  # no audio in the request
+    # an adapter without a fixed rate takes the native one
+    assert runner.audio_seconds(request_with(clip(22050, 22050, None)), SimpleNamespace()) == 1.0
