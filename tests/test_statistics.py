@@ -3,6 +3,7 @@ permutation test, hand-derived bootstrap distributions, the binomial tail summed
 hand, and a coverage simulation with a known true mean."""
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -319,3 +320,106 @@ def test_ratio_paired_test_over_several_memory_chunks_matches_normal_approximati
     ours = paired_ratio_drop_pvalue(new, words, base, words, higher_is_better=False, n_perm=20000)
     # p ~ 0.33 here; counting only the last of 5 chunks would give ~0.07
     assert 0.2 < expected < 0.5 and ours == pytest.approx(expected, abs=0.02)
+
+
+# ------------------------------------------------------------ seeded streams recomputed with numpy alone
+
+
+def _numpy_cluster_bootstrap_ci(values, clusters, seed: int, n_boot: int) -> tuple[float, float]:
+    """The documented cluster bootstrap from its seed, with numpy alone: resample b draws m
+    cluster indices (default_rng(seed).integers(0, m) as int32, row by row), the resampled
+    mean is sum(drawn clusters' sums) / sum(drawn clusters' sizes), the interval is the
+    2.5% and 97.5% percentiles of those means, in percent."""
+    ids: dict[str, int] = {}
+    cid = np.array([ids.setdefault(str(c), len(ids)) for c in clusters])
+    m = len(ids)
+    draws = np.random.default_rng(seed).integers(0, m, size=(n_boot, m), dtype=np.int32)
+    times_drawn = np.stack([np.bincount(row, minlength=m) for row in draws])
+    sums = np.bincount(cid, weights=np.asarray(values, dtype=float), minlength=m)
+    sizes = np.bincount(cid, minlength=m)
+    lo, hi = np.percentile(times_drawn @ sums / (times_drawn @ sizes), [2.5, 97.5])
+    return 100 * lo, 100 * hi
+
+
+def _continuous_clustered_data(seed: int = 9, n: int = 60, n_clusters: int = 17):
+    rng = np.random.default_rng(seed)
+    return list(rng.uniform(0, 1, n)), [f"clip{int(c)}" for c in rng.integers(0, n_clusters, n)]
+
+
+# float32 resampled means: 1e-7 relative of 100, plus the 4-decimal rounding
+CI_ROUNDING = 2e-4
+
+
+def test_bootstrap_interval_is_recomputable_from_its_seed_with_numpy_alone():
+    """A stored run's intervals can be reproduced from its seed: every entry point, with its
+    default seed (0) and resample count (1000) and with explicit ones."""
+    values, clusters = _continuous_clustered_data()
+    records = [{"scores": {"acc": v}, "cluster": c} for v, c in zip(values, clusters)]
+    default = _numpy_cluster_bootstrap_ci(values, clusters, seed=0, n_boot=1000)
+    seeded = _numpy_cluster_bootstrap_ci(values, clusters, seed=5, n_boot=300)
+    assert np.abs(np.subtract(default, seeded)).min() > 10 * CI_ROUNDING  # the seed is visible
+    for ci in (mean_with_ci(values, clusters)["ci"], Bootstrap(clusters).mean_ci(values)["ci"],
+               aggregate_scores(records, [MetricSpec("acc")])[0]["acc"]["ci"]):
+        assert ci == pytest.approx(default, abs=CI_ROUNDING)
+    assert mean_with_ci(values, clusters, seed=5, n_boot=300)["ci"] == pytest.approx(seeded, abs=CI_ROUNDING)
+    assert Bootstrap(clusters, seed=5, n_boot=300).mean_ci(values)["ci"] == pytest.approx(seeded, abs=CI_ROUNDING)
+    seed5 = _numpy_cluster_bootstrap_ci(values, clusters, seed=5, n_boot=1000)
+    assert aggregate_scores(records, [MetricSpec("acc")], seed=5)[0]["acc"]["ci"] == \
+        pytest.approx(seed5, abs=CI_ROUNDING)
+
+
+def test_bootstrap_weights_count_each_resample_s_draws():
+    """weights[b, c] = how often cluster c was drawn in resample b: m draws per row, every
+    cluster drawn about once per resample on average; one cluster gives no weights at all."""
+    m, n_boot = 7, 4000
+    w = Bootstrap([f"c{i % m}" for i in range(30)], n_boot=n_boot).weights
+    assert w.shape == (n_boot, m) and (w.sum(axis=1) == m).all() and (w == np.round(w)).all()
+    # Binomial(m, 1/m) per cell: mean 1, sd sqrt(1 - 1/m) / sqrt(n_boot) for each column's average
+    assert np.abs(w.mean(axis=0) - 1).max() < 4 * math.sqrt(1 - 1 / m) / math.sqrt(n_boot)
+    assert Bootstrap(["only"] * 5).weights is None
+
+
+def test_two_clusters_are_enough_for_an_interval():
+    """Two one-sample clusters, scores 1 and 0: a resample's mean is Binomial(2, 1/2) / 2,
+    0 with probability 1/4, so the 95% interval is [0, 100]."""
+    assert mean_with_ci([1.0, 0.0], ["a", "b"]) == {"value": 50.0, "ci": [0.0, 100.0], "n": 2}
+
+
+def test_mean_ci_many_defaults_to_percent_and_needs_one_scale_per_column():
+    boot = Bootstrap(["a", "b", "c", "d"])
+    (out,) = boot.mean_ci_many([([1.0, 0.0, 0.0, 1.0], None)])
+    assert out["value"] == 50.0
+    with pytest.raises(ValueError):
+        boot.mean_ci_many([([1.0, 0.0, 0.0, 1.0], None)] * 2, [100.0])
+
+
+def test_none_scores_are_not_counted():
+    out = Bootstrap(["a", "b", "c", "d"], n_boot=200).mean_ci([1.0, None, 0.0, 1.0])
+    assert out["n"] == 3 and out["value"] == 66.6667
+
+
+def test_scalar_scores_are_refused_with_a_message():
+    with pytest.raises(ValueError, match="^column 0: a scalar scores for 2 cluster labels; pass one score per sample$"):
+        Bootstrap(["a", "b"]).mean_ci(1.0)
+
+
+def test_rarely_drawn_group_gives_an_interval_without_warnings():
+    """A group of 2 of 40 clusters is missing from about (38/40)^40 = 13% of resamples:
+    those are left out, silently (0 / 0 there is expected, not a user's problem)."""
+    clusters = [f"c{i}" for i in range(40)]
+    values = [float(i % 3 == 0) for i in range(40)]
+    group = np.array([i < 2 for i in range(40)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = Bootstrap(clusters).mean_ci(values, group)
+    assert out["n"] == 2 and out["ci"] == [0.0, 100.0]  # cluster 0 scores 1, cluster 1 scores 0
+
+
+def test_every_reported_number_has_four_decimals():
+    values, clusters = _continuous_clustered_data(seed=3)
+    rng = np.random.default_rng(4)
+    columns = [(np.asarray(values) ** k, rng.random(len(values)) < 0.7) for k in range(1, 7)]
+    for out in Bootstrap(clusters).mean_ci_many(columns, 1.0):
+        for x in (out["value"], *out["ci"]):
+            assert round(x, 4) == x
+
