@@ -801,3 +801,111 @@ def test_audio_seconds_unknown_when_nothing_was_decoded_for_the_model():
     assert runner.audio_seconds(request_with(), model) is None  # no audio in the request
     # an adapter without a fixed rate takes the native one
     assert runner.audio_seconds(request_with(clip(22050, 22050, None)), SimpleNamespace()) == 1.0
+
+
+# ---------------------------------------------------------------- values refused before any work
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"limit": 0}, "--limit 0: must be a positive number of samples"),
+    ({"limit": True}, "--limit True: must be a positive number of samples"),
+    ({"limit": 2.5}, "--limit 2.5: must be a positive number of samples"),
+    ({"batch_size": 0}, "--batch-size 0: must be a positive integer"),
+    ({"batch_size": False}, "--batch-size False: must be a positive integer"),
+    ({"batch_size": 1.5}, "--batch-size 1.5: must be a positive integer"),
+    ({"choices": "shuffled"}, "--choices 'shuffled': use balanced, original or circular"),
+    ({"generation": GenerationConfig(max_new_tokens=0)}, "--max-new-tokens 0: must be a positive integer"),
+    ({"generation": GenerationConfig(temperature=-0.1)}, "--temperature -0.1: must be >= 0"),
+    ({"generation": GenerationConfig(temperature=float("nan"))}, "--temperature nan: must be >= 0"),
+    ({"strategy_options": {"k": 3, "cot": True}}, "-S k, cot: strategy options without --strategy"),
+    ({"strategy": "no-such-strategy"}, "--strategy 'no-such-strategy': unknown; choose one of "),
+])
+def test_validate_refuses(kw, message):
+    with pytest.raises(RunConfigError) as e:
+        spec(**kw).validate()
+    assert str(e.value).startswith(message) and (message.endswith("of ") or str(e.value) == message)
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"limit": 1, "batch_size": 1}, {"choices": "original"}, {"choices": "circular"},
+    {"generation": GenerationConfig(max_new_tokens=1, temperature=0.0)},
+    {"generation": GenerationConfig(temperature=0.5)},
+    {"strategy": "self-consistency", "strategy_options": {"k": 3}},
+])
+def test_validate_accepts_the_smallest_legal_values(kw):
+    spec(**kw).validate()
+
+
+def test_make_strategy():
+    assert spec().make_strategy() is None
+    made = spec(strategy="self-consistency", strategy_options={"k": 3}).make_strategy()
+    assert made.name == "self-consistency" and made.options.k == 3
+
+
+@pytest.mark.parametrize("text, want", [(None, None), ("", None), ("1/4", (0, 4)), ("4/4", (3, 4)), ("1/1", (0, 1))])
+def test_parse_shard_is_one_based_on_the_command_line(text, want):
+    assert runner.parse_shard(text) == want
+
+
+@pytest.mark.parametrize("text, why", [("0/4", "need 1 <= I <= N"), ("5/4", "need 1 <= I <= N"),
+                                       ("1-4", "expected I/N, e.g. 1/4"), ("1/2/3", "expected I/N, e.g. 1/4"),
+                                       ("a/4", "expected I/N, e.g. 1/4")])
+def test_parse_shard_refuses(text, why):
+    with pytest.raises(RunConfigError) as e:
+        runner.parse_shard(text)
+    assert str(e.value) == f"--shard {text!r}: {why}"
+
+
+def rotations(n_samples, per_sample):
+    from evalkit.types import Presentation, Sample
+
+    out = []
+    for i in range(n_samples):
+        s = Sample(id=f"s{i}")
+        out += [Presentation(key=f"s{i}#rot{r}", sample=s, rotation=r) for r in range(per_sample)]
+    return out
+
+
+@pytest.mark.parametrize("limit, shard, ids", [
+    (None, None, ["s0", "s1", "s2", "s3", "s4"]),
+    (3, None, ["s0", "s1", "s2"]),
+    (None, (1, 2), ["s1", "s3"]),
+    (3, (0, 2), ["s0", "s2"]),  # --limit first, then every 2nd of those
+    (1, None, ["s0"]),
+])
+def test_select_keeps_every_rotation_of_a_chosen_sample(limit, shard, ids):
+    got = runner.select(rotations(5, 3), limit, shard)
+    assert [p.key for p in got] == [f"{i}#rot{r}" for i in ids for r in range(3)]
+
+
+# ---------------------------------------------------------------- the adapter holder
+
+
+def test_model_holder_loads_once_and_identifies_without_volatile_args(toy, monkeypatch):
+    from evalkit.engine.fingerprint import Fingerprints
+
+    monkeypatch.setenv("EVALKIT_CACHE_DIR", str(toy / "cache"))
+    answers = toy / "key.json"
+    holder = runner.ModelHolder("scripted", {"answers": str(answers), "concurrency": 4, "delay_s": 0.5})
+    assert holder._model is None  # nothing loaded until a request needs it
+    want_args = {"answers": str(answers), "require_audio": True, "wrong": False}
+    assert holder.identity() == {"name": "scripted", "args": want_args}
+    with Fingerprints() as fp:
+        got = holder.identity(fp)
+    digest = hashlib.sha256(answers.read_bytes()).hexdigest()
+    assert got["name"] == "scripted" and got["args"] == want_args
+    assert list(got["content"]) == ["answers"] and digest in got["content"]["answers"]
+    answers.write_text("{}")  # computed once per holder (one run): not re-read
+    assert holder.identity() == got
+    model = holder.model
+    assert type(model).__name__ == "Scripted" and holder.model is model
+    closed = []
+    monkeypatch.setattr(type(model), "close", lambda self: closed.append(self))
+    holder.close()
+    assert closed == [model]
+
+
+def test_model_holder_close_without_a_model_loads_nothing(toy):
+    holder = runner.ModelHolder("scripted", {"answers": str(toy / "key.json")})
+    holder.close()
+    assert holder._model is None
