@@ -423,3 +423,17 @@ def test_every_reported_number_has_four_decimals():
         for x in (out["value"], *out["ci"]):
             assert round(x, 4) == x
 
+
+def test_group_keys_are_the_exact_metadata_strings_and_missing_values_join_none():
+    """A record without the grouping key (or with None) is in no group, not even in the group
+    of an empty-string or "None" value; keys are compared as exact strings (a trailing NUL
+    does not vanish as it would in a fixed-width numpy string array)."""
+    tagged = {"": 1.0, "None": 0.0, "x": 1.0, "x\x00": 0.0}
+    records = [{"scores": {"acc": v}, "cluster": f"c{i}", "metadata": {"snr": k}}
+               for i, (k, v) in enumerate(tagged.items())]
+    records += [{"scores": {"acc": 0.5}, "cluster": "u", "metadata": {"snr": None}},
+                {"scores": {"acc": 0.5}, "cluster": "v", "metadata": {}}]
+    _, groups = aggregate_scores(records, [MetricSpec("acc")], ["snr"])
+    assert sorted(groups["snr"]) == sorted(tagged)
+    for k, v in tagged.items():
+        assert (groups["snr"][k]["acc"]["n"], groups["snr"][k]["acc"]["value"]) == (1, 100 * v), k

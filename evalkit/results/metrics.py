@@ -128,11 +128,11 @@ def aggregate_scores(records: Iterable[dict[str, Any]], specs: Sequence[MetricSp
                                 dtype=np.float64) for s in specs}
     cells: list[tuple[str | None, str | None, MetricSpec, Any]] = [(None, None, s, None) for s in specs]
     for g in groupings:
-        values = [r.get("metadata", {}).get(g) for r in records]
-        keys = sorted({str(v) for v in values if v is not None})
-        labels = np.asarray(["" if v is None else str(v) for v in values], dtype=object)
-        for k in keys:
-            mask = labels == k
+        # None (key missing) matches no key, not even "": a record without the key is in no group.
+        # Compared as Python strings: numpy would turn k into a numpy string, which drops a trailing NUL
+        labels = [None if (v := r.get("metadata", {}).get(g)) is None else str(v) for r in records]
+        for k in sorted({label for label in labels if label is not None}):
+            mask = np.array([label == k for label in labels], dtype=bool)
             cells += [(g, k, s, mask) for s in specs]
     stats = boot.mean_ci_many([(columns[s.name], mask) for _, _, s, mask in cells], [s.scale for _, _, s, _ in cells])
     metrics: dict[str, Any] = {}
