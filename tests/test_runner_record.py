@@ -909,3 +909,155 @@ def test_model_holder_close_without_a_model_loads_nothing(toy):
     holder = runner.ModelHolder("scripted", {"answers": str(toy / "key.json")})
     holder.close()
     assert holder._model is None
+
+
+# ---------------------------------------------------------------- requests and the records' common part
+
+
+def audio_sample(sid="s0", n_clips=1):
+    import numpy as np
+
+    from evalkit.types import AudioRef, Sample
+
+    clips = [AudioRef(array=np.full(800 * (i + 1), 0.5, dtype=np.float32), sample_rate=8000, label=f"c{i}")
+             for i in range(n_clips)]
+    return Sample(id=sid, question="which?", choices=["x", "y"], answer=1, audio=clips, metadata={"axis": "y"},
+                  target={"ref": "y"})
+
+
+def one_presentation(sample, mode="original"):
+    from evalkit.protocol.choices import present
+
+    return present([sample], mode, 0)[0]
+
+
+def parts(req):
+    return [(c["type"], c.get("text") or c["audio"].describe()) for m in req.messages for c in m["content"]]
+
+
+def test_build_request_as_the_task_prompts_it():
+    p = one_presentation(audio_sample(n_clips=2))
+    gen = GenerationConfig(max_new_tokens=5)
+    req = runner.build_request(mcq(), p, spec(generation=gen))
+    assert req.key == p.key and req.generation is gen
+    assert parts(req) == [("audio", "c0"), ("audio", "c1"), ("text", "which?\n(A) x\n(B) y")]
+
+
+def test_build_request_without_audio_drops_every_clip():
+    req = runner.build_request(mcq(), one_presentation(audio_sample(n_clips=2)), spec(no_audio=True, silence_audio=True))
+    assert parts(req) == [("text", "which?\n(A) x\n(B) y")]  # no audio wins over silence
+
+
+def test_build_request_with_silence_keeps_each_clip_length():
+    req = runner.build_request(mcq(), one_presentation(audio_sample(n_clips=2)), spec(silence_audio=True))
+    assert parts(req) == [("audio", "silence:c0"), ("audio", "silence:c1"), ("text", "which?\n(A) x\n(B) y")]
+    assert [len(a.load(None)[0]) for a in req.audio()] == [800, 1600] and not any(a.load(None)[0].any()
+                                                                                  for a in req.audio())
+
+
+def test_base_record_fields(tmp_path):
+    import numpy as np
+
+    from evalkit.types import AudioRef, Sample
+
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"RIFF")
+    arr = AudioRef(array=np.zeros(4, dtype=np.float32), sample_rate=8000)
+    s = Sample(id="q1", question="which?", choices=["x", "y", "z"], answer=2, audio=[AudioRef(path=wav), arr],
+               metadata={"axis": "x"}, target={"note": 1}, group="g7")
+    p = one_presentation(s, "balanced")
+    req = runner.build_request(mcq(), p, spec())
+    rec = runner.base_record(p, req, {"q1/0": "sha256:from-digests"})
+    assert rec == {"key": p.key, "sample_id": "q1", "rotation": p.rotation, "prompt": req.rendered(),
+                   "audio": [{"ref": str(wav), "sha256": "sha256:from-digests"},
+                             {"ref": arr.describe(), "sha256": hashlib.sha256(np.zeros(4, dtype=np.float32).tobytes()
+                                                                              + b"8000").hexdigest()}],
+                   "choices": [["x", "y", "z"][i] for i in p.permutation], "permutation": p.permutation,
+                   "gold": p.permutation.index(2), "answer": "z", "target": {"note": 1}, "metadata": {"axis": "x"},
+                   "cluster": "g7"}
+    # a file clip without a digest is not hashed here (the run hashes files once, through the cache)
+    bare = runner.base_record(p, None)
+    assert bare["prompt"] is None and bare["audio"][0] == {"ref": str(wav), "sha256": None}
+    assert bare["audio"][1]["sha256"] == rec["audio"][1]["sha256"]
+
+
+def test_base_record_of_a_sample_without_choices():
+    from evalkit.types import Presentation, Sample
+
+    rec = runner.base_record(Presentation(key="t", sample=Sample(id="t", target={"text": "hi"})), None)
+    assert rec["answer"] is None and rec["choices"] is None and rec["gold"] is None and rec["cluster"] == "t"
+    s = Sample(id="w", choices=["a", "b"])  # choices, answer withheld (a test split)
+    assert runner.base_record(Presentation(key="w", sample=s), None)["answer"] is None
+
+
+def test_audio_digests_are_keyed_by_sample_and_clip(tmp_path, monkeypatch):
+    import numpy as np
+
+    from evalkit.engine.fingerprint import Fingerprints
+    from evalkit.types import AudioRef, Sample
+
+    monkeypatch.setenv("EVALKIT_CACHE_DIR", str(tmp_path / "cache"))
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    a.write_bytes(b"one")
+    b.write_bytes(b"two")
+    samples = [Sample(id="s0", audio=[AudioRef(path=a), AudioRef(path=b)]),
+               Sample(id="s1", audio=[AudioRef(array=np.zeros(2, dtype=np.float32), sample_rate=8000),
+                                      AudioRef(path=a)])]
+    with Fingerprints() as fp:
+        got = runner.audio_digests(samples, fp)
+    ha, hb = (hashlib.sha256(x).hexdigest() for x in (b"one", b"two"))
+    assert sorted(got) == ["s0/0", "s0/1", "s1/1"]  # embedded audio: covered by the data hash
+    assert ha in got["s0/0"] and hb in got["s0/1"] and got["s1/1"] == got["s0/0"]
+
+
+# ---------------------------------------------------------------- preparing and asking
+
+
+def test_prepare_decodes_at_the_model_rate_or_reports_the_failure():
+    from evalkit.types import AudioRef
+
+    p = one_presentation(audio_sample())
+    model = SimpleNamespace(sample_rate=4000)
+    got_p, req, err = runner._prepare(mcq(), p, spec(), model, True)
+    assert got_p is p and err is None and req.key == p.key
+    assert list(req.audio()[0]._decoded) == [4000] and len(req.audio()[0]._decoded[4000][0]) == 400
+    _, req, _ = runner._prepare(mcq(), one_presentation(audio_sample()), spec(), model, False)
+    assert req.audio()[0]._decoded == {}  # an adapter that decodes itself
+    broken = audio_sample("s9")
+    broken.audio = [AudioRef(path="/no/such/clip.wav")]
+    got_p, req, err = runner._prepare(mcq(), one_presentation(broken), spec(), model, True)
+    assert req is None and err.startswith("AudioError: ") and "/no/such/clip.wav" in err
+
+
+class Streamer:
+    def __init__(self, fail=None):
+        self.fail, self.asked = fail, []
+
+    def generate(self, reqs):
+        self.asked.append(("generate", [r.key for r in reqs]))
+        if self.fail:
+            raise self.fail
+        return [f"answer {r.key}" for r in reqs]
+
+
+class StreamingStreamer(Streamer):
+    def generate_stream(self, reqs):
+        self.asked.append(("stream", [r.key for r in reqs]))
+        yield from (f"streamed {r.key}" for r in reqs)
+
+
+def test_stream_prefers_generate_stream_and_skips_empty_batches():
+    reqs = [SimpleNamespace(key="a"), SimpleNamespace(key="b")]
+    plain, streaming = Streamer(), StreamingStreamer()
+    assert list(runner._stream(plain, reqs)) == ["answer a", "answer b"] and plain.asked == [("generate", ["a", "b"])]
+    assert list(runner._stream(streaming, reqs)) == ["streamed a", "streamed b"]
+    assert streaming.asked == [("stream", ["a", "b"])]
+    assert list(runner._stream(plain, [])) == [] and len(plain.asked) == 1  # nothing asked for nothing
+
+
+def test_stream_turns_an_adapter_exception_into_a_model_failure():
+    with pytest.raises(runner.ModelFailure) as e:
+        list(runner._stream(Streamer(RuntimeError("CUDA out of memory")), [SimpleNamespace(key="a")]))
+    assert str(e.value) == "RuntimeError: CUDA out of memory" and isinstance(e.value.__cause__, RuntimeError)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C is not a broken model
+        list(runner._stream(Streamer(KeyboardInterrupt()), [SimpleNamespace(key="a")]))
