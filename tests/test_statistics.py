@@ -437,3 +437,142 @@ def test_group_keys_are_the_exact_metadata_strings_and_missing_values_join_none(
     assert sorted(groups["snr"]) == sorted(tagged)
     for k, v in tagged.items():
         assert (groups["snr"][k]["acc"]["n"], groups["snr"][k]["acc"]["value"]) == (1, 100 * v), k
+
+
+# ------------------------------------------------------------ paired tests: seeded streams, edges, ties
+
+
+def _numpy_swap_pvalue(nn, nd, bn, bd, higher_is_better: bool, seed: int, n_perm: int) -> float:
+    """The documented swap test from its seed, with numpy alone: resample r swaps pair i where
+    default_rng(seed).random() < 1/2 (row by row), p = (1 + #{resampled <= observed}) / (1 + n_perm)."""
+    nn, nd, bn, bd = (np.asarray(x, dtype=float) for x in (nn, nd, bn, bd))
+    sign = 1 if higher_is_better else -1
+    swap = np.random.default_rng(seed).random((n_perm, len(nn))) < 0.5
+    new_side = np.where(swap, bn, nn).sum(1) / np.where(swap, bd, nd).sum(1)
+    base_side = np.where(swap, nn, bn).sum(1) / np.where(swap, nd, bd).sum(1)
+    observed = sign * (nn.sum() / nd.sum() - bn.sum() / bd.sum())
+    return (1 + int(np.sum(sign * (new_side - base_side) <= observed + 1e-12))) / (1 + n_perm)
+
+
+def _integer_wer_counts(seed: int, n: int):
+    """Integer error and word counts (exact sums, so ties are decided the same way everywhere)."""
+    rng = np.random.default_rng(seed)
+    words = rng.integers(3, 15, n)
+    base = rng.binomial(words, 0.3)
+    return np.maximum(0, base + rng.integers(-2, 3, n)), words, base, words + rng.integers(0, 2, n)
+
+
+def test_ratio_paired_test_is_recomputable_from_its_seed_with_numpy_alone():
+    """Defaults (higher is better, seed 0, 10000 resamples) and explicit arguments; 500
+    samples split the resamples into memory chunks of 8000."""
+    new, new_words, base, base_words = _integer_wer_counts(21, 15)
+    expected = _numpy_swap_pvalue(new, new_words, base, base_words, True, seed=0, n_perm=10000)
+    assert paired_ratio_drop_pvalue(new, new_words, base, base_words) == pytest.approx(expected, rel=1e-12)
+    expected = _numpy_swap_pvalue(new, new_words, base, base_words, False, seed=4, n_perm=37)
+    assert paired_ratio_drop_pvalue(new, new_words, base, base_words, False, seed=4, n_perm=37) == \
+        pytest.approx(expected, rel=1e-12)
+    rng = np.random.default_rng(22)
+    words = rng.integers(3, 15, 500)
+    new, base = rng.binomial(words, 0.3), rng.binomial(words, 0.3)  # no true difference: p in the middle
+    expected = _numpy_swap_pvalue(new, words, base, words, False, seed=2, n_perm=10000)
+    assert 0.01 < expected < 0.99
+    assert paired_ratio_drop_pvalue(new, words, base, words, False, seed=2) == \
+        pytest.approx(expected, rel=1e-12)
+
+
+def test_sign_flip_test_is_recomputable_from_its_seed_with_numpy_alone():
+    rng = np.random.default_rng(23)
+    base = rng.integers(0, 5, 14) / 4  # quarters: exact sums
+    new = np.clip(base + rng.integers(-1, 2, 14) / 4, 0, 1)
+    ones = np.ones(14)
+    assert paired_drop_pvalue(new, base) == pytest.approx(_numpy_swap_pvalue(new, ones, base, ones, True, 0, 10000),
+                                                          rel=1e-12)
+    assert paired_drop_pvalue(new, base, False, seed=6, n_perm=41) == \
+        pytest.approx(_numpy_swap_pvalue(new, ones, base, ones, False, 6, 41), rel=1e-12)
+
+
+def test_paired_test_refuses_runs_of_different_length_with_a_message():
+    with pytest.raises(ValueError, match="^paired test: 3 new scores against 2 baseline scores$"):
+        paired_drop_pvalue([1.0, 0.0, 1.0], [1.0, 0.0])
+    with pytest.raises(ValueError, match=r"one entry per shared sample \(got 2, 2, 1, 2\)$"):
+        paired_ratio_drop_pvalue([1, 2], [3, 3], [1], [3, 3])
+
+
+def test_one_differing_sample_is_tested():
+    """McNemar with one discordant pair, worse: P(X >= 1), X ~ Binomial(1, 1/2) = 1/2. The
+    swap test with one sample: the observed or its mirror, half the resamples each."""
+    assert paired_drop_pvalue([0.0], [1.0]) == pytest.approx(0.5)
+    assert paired_drop_pvalue([0.25], [0.75], n_perm=4000) == pytest.approx(0.5, abs=0.04)
+    assert paired_ratio_drop_pvalue([3], [5], [1], [5], higher_is_better=False, n_perm=4000) == \
+        pytest.approx(0.5, abs=0.04)
+
+
+def test_binary_against_non_binary_scores_is_the_sign_flip_test():
+    """McNemar needs 0/1 scores on both sides; one side with partial credit is compared by
+    scipy's exact paired permutation test instead."""
+    binary = np.array([1.0, 0, 0, 1, 0, 0, 1, 0, 0, 1])
+    partial = np.array([0.5, 0.5, 1, 0.5, 0.5, 0.5, 0.5, 0.5, 1, 0.5])
+    for new, base in ((binary, partial), (partial, binary)):
+        ref = stats.permutation_test((new, base), lambda x, y, axis: np.mean(x - y, axis=axis),
+                                     permutation_type="samples", n_resamples=np.inf, alternative="less").pvalue
+        assert paired_drop_pvalue(new, base, n_perm=20000) == pytest.approx(ref, abs=0.015)
+
+
+def test_bool_numerators_count_as_zero_one():
+    """Per-sample correct flags as numpy booleans (pred == gold): the ratio test is that of 0/1 scores."""
+    rng = np.random.default_rng(8)
+    base = rng.random(11) < 0.7
+    new = np.where(rng.random(11) < 0.3, ~base, base)
+    ones = [1.0] * 11
+    ref = _exact_swap_pvalue(new.astype(float), ones, base.astype(float), ones, higher_is_better=True)
+    assert paired_ratio_drop_pvalue(new, np.ones(11, bool), base, np.ones(11, bool), n_perm=20000) == \
+        pytest.approx(ref, abs=0.015)
+
+
+def test_ratio_paired_test_without_samples_or_without_differences_is_one():
+    assert paired_ratio_drop_pvalue([], [], [], []) == 1.0
+    assert paired_ratio_drop_pvalue([0, 0], [0, 0], [0, 0], [0, 0]) == 1.0  # identical, even with no words
+
+
+@pytest.mark.parametrize("new_den,base_den", [([0, 0], [4, 4]), ([4, 4], [0, 0]), ([0, 0], [0, 0])])
+def test_ratio_paired_test_refuses_a_run_without_denominator(new_den, base_den):
+    with pytest.raises(ValueError, match="^paired test: a ratio metric needs a positive total denominator in both "
+                                         "runs$"):
+        paired_ratio_drop_pvalue([1, 0], new_den, [0, 1], base_den)
+
+
+@pytest.mark.parametrize("nn,nd,bn,bd,expected", [
+    # one sample's words on each side: swapping it alone leaves one side 0 / 0 (undefined, not
+    # counted); no swap and both swaps tie: p ~ 2/4
+    ([1, 0], [1, 0], [0, 1], [0, 1], 0.5),
+    # swapping sample 1 alone gives new 1/0 (inf, not counted), sample 2 alone base 1/0 (-inf,
+    # counted), with none and both counted: p ~ 3/4
+    ([1, 1], [1, 0], [0, 0], [0, 1], 0.75),
+])
+def test_resamples_with_an_empty_denominator_pass_silently(nn, nd, bn, bd, expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = paired_ratio_drop_pvalue(nn, nd, bn, bd, n_perm=4000)
+    assert p == pytest.approx(expected, abs=0.04)  # 4000 resamples: sd <= 0.008
+
+
+@pytest.mark.parametrize("a,eps,higher_is_better,tie", [
+    (0.0, 1e-12, True, True),     # exactly at the tolerance 1e-12 (observed 0): still a tie
+    (1.0, 0.7e-12, True, True),   # |observed| ~ 0.5: tolerance 1e-12
+    (1.0, 0.7e-12, False, True),
+    (1.0, 1.5e-12, True, False),  # beyond the tolerance: a resample less extreme than observed
+    (4.0, 1.5e-12, True, True),   # |observed| ~ 2: tolerance 2e-12 (relative)
+])
+def test_round_off_ties_count_as_extreme(a, eps, higher_is_better, tie):
+    """Two samples, one word each; sample 2's swap moves the statistic by +eps (less extreme)
+    and sample 1's by about -a. A move within 1e-12 * max(1, |observed|) is float round-off
+    and counts as a tie: all 4 swap patterns count (p = 1); beyond it 3 of 4 do (p ~ 3/4).
+    With a = 0 the runs are [eps, 0] and [0, eps]: observed 0, sample 2's swap gives exactly 1e-12."""
+    new, base = [a if a else eps, 0.0], [0.0, eps]
+    if not higher_is_better:  # the same statistics with the runs' roles exchanged
+        new, base = base, new
+    p = paired_ratio_drop_pvalue(new, [1, 1], base, [1, 1], higher_is_better, n_perm=4000)
+    if tie:
+        assert p == 1.0
+    else:
+        assert p == pytest.approx(0.75, abs=0.04)
