@@ -135,3 +135,16 @@ def test_ambiguous_statement_starting_a_list_is_an_echo(response, choices):
 ])
 def test_adjacent_statements(response, choices, expected):
     assert read(response, choices) == expected
+
+
+# ---------------------------------------------------------------- a statement reads its own line only
+
+
+@pytest.mark.parametrize("response", [
+    # the explanation lines start with another option's word ("Dog ..."), but the statement reads
+    # only its line (or, when it ends a line, the next one)
+    "The answer is (B).\nDog barks sound different.\nThis is a meow.",
+    "Answer:\n(B)\nDog barks sound different.\nThis is a meow.",
+])
+def test_statement_answer_ends_at_its_line(response):
+    assert read(response, PETS) == (1, "answer_phrase")
