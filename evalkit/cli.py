@@ -519,7 +519,7 @@ def merge(
 
     try:
         path = merge_runs(run_dirs, out_dir)
-        run = json.loads((Path(path) / "run.json").read_text())
+        run = json.loads((Path(path) / "run.json").read_text(encoding="utf-8"))
     except Exception as e:
         fail(str(e))
     out.print(f"merged run: {path}")

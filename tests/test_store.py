@@ -403,3 +403,15 @@ def test_temp_file_left_by_a_crash_mid_write_run_is_gone_after_the_next_write(tm
     RunStore(tmp_path).write_run({"id": "r2"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
     assert (tmp_path / "run.json").read_text() == '{\n "id": "r2"\n}\n'
+
+
+def test_run_record_is_utf8_whatever_the_locale(tmp_path, ascii_locale):
+    """run.json is written and read as UTF-8 like samples.jsonl: under an ASCII locale a task name with an accent
+    was unwritable (UnicodeEncodeError after the whole run), and under latin-1 it was written in latin-1."""
+    from evalkit.results.leaderboard import load_run
+
+    with RunStore(tmp_path) as store:
+        store.write_run({"task": "écoute", "n": 1})
+    assert (tmp_path / "run.json").read_bytes() == b'{\n "task": "\xc3\xa9coute",\n "n": 1\n}\n'
+    assert RunStore(tmp_path).read_run() == {"task": "écoute", "n": 1}
+    assert load_run(tmp_path) == {"task": "écoute", "n": 1}

@@ -31,7 +31,7 @@ class RunStoreError(ValueError):
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:  # as every reader of run.json, whatever the locale
         json.dump(obj, f, indent=1, ensure_ascii=False, allow_nan=False)
         f.write("\n")
         f.flush()
@@ -195,7 +195,7 @@ class RunStore:
     def read_run(self) -> dict[str, Any] | None:
         if not self.run_path.exists():
             return None
-        return json.loads(self.run_path.read_text())
+        return json.loads(self.run_path.read_text(encoding="utf-8"))
 
     def write_run(self, run: dict[str, Any]) -> None:
         try:

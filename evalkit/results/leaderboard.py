@@ -20,7 +20,7 @@ def load_run(path: Path) -> dict[str, Any]:
     if not p.exists():
         raise FileNotFoundError(f"{p}: no run record here (expected a run directory or its run.json)")
     try:
-        return json.loads(p.read_text())
+        return json.loads(p.read_text(encoding="utf-8"))
     except ValueError as e:
         raise ValueError(f"{p}: not valid JSON ({e})") from None
 

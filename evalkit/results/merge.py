@@ -87,7 +87,7 @@ def merge(run_dirs: list[Path], out: Path) -> Path:
         p = d / "run.json"
         if not p.is_file():
             raise MergeError(f"{d}: no run.json; is this a run directory?")
-        runs.append(json.loads(p.read_text()))
+        runs.append(json.loads(p.read_text(encoding="utf-8")))
     ids = {r["run_id"] for r in runs}
     if len(ids) > 1:
         listing = "; ".join(f"{d} -> {r['run_id']}" for d, r in zip(run_dirs, runs))
@@ -186,7 +186,7 @@ def merge(run_dirs: list[Path], out: Path) -> Path:
     # ---- write (locked, atomic) -----------------------------------------------------------------
     existing = out / "run.json"
     if existing.is_file():
-        old = json.loads(existing.read_text())
+        old = json.loads(existing.read_text(encoding="utf-8"))
         if old.get("run_id") != run_id and out.resolve() not in {d.resolve() for d in run_dirs}:
             raise MergeError(f"{out} already holds run {old.get('run_id')}, not {run_id}; choose another --out")
     store = RunStore(out)
