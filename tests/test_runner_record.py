@@ -1061,3 +1061,44 @@ def test_stream_turns_an_adapter_exception_into_a_model_failure():
     assert str(e.value) == "RuntimeError: CUDA out of memory" and isinstance(e.value.__cause__, RuntimeError)
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C is not a broken model
         list(runner._stream(Streamer(KeyboardInterrupt()), [SimpleNamespace(key="a")]))
+
+
+# ---------------------------------------------------------------- task options as JSON has them
+
+
+class Voice(__import__("enum").Enum):
+    CALM = "calm"
+
+
+class VoiceOptions(TaskOptions):
+    voice: Voice = Voice.CALM
+
+
+class VoiceMCQ(PlainMCQ):
+    Options = VoiceOptions
+
+
+def test_run_id_hashes_task_options_in_their_json_form():
+    got = compute_run_id(MODEL, VoiceMCQ(VoiceOptions()), "h", spec())
+    assert got == reference_run_id(MODEL, "plain-mcq", "3", {"prompt": "default", "voice": "calm"}, "h",
+                                   choices="balanced")
+
+
+class PathDataOptions(TaskOptions):
+    data: __import__("pathlib").Path | None = None  # a task may type its data location as a path
+
+
+class PathDataMCQ(PlainMCQ):
+    Options = PathDataOptions
+
+
+def test_session_records_the_data_location_as_text():
+    from pathlib import Path
+
+    from evalkit.protocol.choices import present
+
+    samples = three_choice_samples(1)
+    task = PathDataMCQ(PathDataOptions(data=Path("/data/q.json")))
+    run = build(spec(), task, loaded(samples), present(samples, "original", 0), [])
+    assert run["timings"]["sessions"][0]["task_options"] == {"data": "/data/q.json", "audio_root": None}
+    assert json.loads(json.dumps(run["timings"])) == run["timings"]
