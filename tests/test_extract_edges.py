@@ -148,3 +148,28 @@ def test_adjacent_statements(response, choices, expected):
 ])
 def test_statement_answer_ends_at_its_line(response):
     assert read(response, PETS) == (1, "answer_phrase")
+
+
+# ---------------------------------------------------------------- echoes started by a statement, and what follows
+
+
+@pytest.mark.parametrize("response,choices,expected", [
+    # the statement starts an echoed list: a later statement does not rescue it
+    ("Answer:\n(A) Cow\n(B) Cat\n\nThe answer is (B).", ANIMALS, (None, "option_list")),
+    # the second statement starts the list; the first one's next line is prose
+    ("The answer is (B).\nIt meows.\nAnswer: (B)\n(A) Cow\n(C) Duck", ANIMALS, (None, "option_list")),
+    # duplicate options: the next line names the same text, so it is no list
+    ("Answer: (B) Cat\n(C) Cat", ["Dog", "Cat", "Cat", "Bird"], (1, "answer_phrase")),
+])
+def test_statement_followed_by_option_lines(response, choices, expected):
+    assert read(response, choices) == expected
+
+
+def test_later_lines_of_a_leading_letter_are_explanation():
+    # only the first line is the leading answer; "option A" on the third line is explanation
+    assert read("B\nIt meows.\nA cow would moo, so it is not option A.", ANIMALS) == (1, "letter")
+
+
+def test_near_duplicate_option_texts_are_told_apart_by_a_letter():
+    # "Dog barking" names options A and B (same normalized text, different strings); the letter decides
+    assert read("Dog barking (B)", ["Dog barking", "dog barking.", "Cat", "Bird"]) == (1, "letter_mention")
