@@ -173,3 +173,12 @@ def test_later_lines_of_a_leading_letter_are_explanation():
 def test_near_duplicate_option_texts_are_told_apart_by_a_letter():
     # "Dog barking" names options A and B (same normalized text, different strings); the letter decides
     assert read("Dog barking (B)", ["Dog barking", "dog barking.", "Cat", "Bird"]) == (1, "letter_mention")
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("# B", (1, "letter")),                            # a markdown heading is markup, not text
+    ("### (B) Cat", (1, "letter_with_text")),
+    ("It meows.\n## Cat\n## Cow", (None, "option_list")),  # headings on every line, not only the first
+])
+def test_markdown_headings_are_removed(response, expected):
+    assert read(response, ANIMALS) == expected
