@@ -114,6 +114,34 @@ def test_letter_against_option_text(response, choices, expected):
     assert read(response, choices) == expected
 
 
+@pytest.mark.parametrize("response", [
+    "D",                                 # letter D (option 4) or option 3's text "D"
+    "D. It is the root.",                # the explanation after it does not settle which
+    "D\n\nIt is the root.",              # read as a whole it starts with option 3's text; by its first line it is doubtful
+    "The answer is D. It is the root.",
+    "**D**\n\nThe root of the chord.",
+])
+def test_a_letter_that_is_another_options_text_is_never_guessed(response):
+    assert read(response, NOTES) == (None, "ambiguous")
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("(D)", (3, "letter")),                # a bracketed capital is a label, not option text "D"
+    ("E. It is the fifth.", (3, "option_text")),  # E is no letter among four options
+    ("A#\n\nSharp of A.", (1, "option_text")),
+])
+def test_a_letter_that_is_another_options_text_when_the_form_settles_it(response, expected):
+    assert read(response, NOTES) == expected
+
+
+@pytest.mark.parametrize("response,choices,expected", [
+    ("The answer is A piano", ["A piano", "A violin", "Drums", "Bass"], (0, "answer_phrase")),
+    ("The answer is A piano.\nIt is bright.", ["Drums", "A piano", "Bass", "A violin"], (1, "answer_phrase")),
+])
+def test_an_article_after_a_statement_reads_the_option_text(response, choices, expected):
+    assert read(response, choices) == expected
+
+
 @pytest.mark.parametrize("response,choices", [
     # a statement whose own answer is already ambiguous, then option lines: the list decides the stage
     ("The answer is D\nA. G\nB. A#", NOTES),          # bare D: letter D or option C's text "D"

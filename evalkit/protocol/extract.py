@@ -21,10 +21,10 @@ names anything decides, and the stage that decided is logged:
 3. The leading answer: the whole response, or its first line, is a letter (`letter`), a
    letter with its text (`letter_with_text`), or one option's text, possibly followed by
    more words (`option_text`). A letter whose text names another option ("(B) Dog"), or a
-   bare "D" when "D" is also another option's text, fails (`ambiguous`). Later lines are
-   read as explanation ("B\\n\\nUnlike a dog, it meows." is B) unless they are option lines
-   (level 2); a letter mentioned in the first line that disagrees ("B, or maybe (A)")
-   fails.
+   bare "D" when "D" is also another option's text ("D", "D. It is the root."), fails
+   (`ambiguous`). Later lines are read as explanation ("B\\n\\nUnlike a dog, it meows." is
+   B) unless they are option lines (level 2); a letter mentioned in the first line that
+   disagrees ("B, or maybe (A)") fails.
 4. Letter mentions in prose: "(B)", "[B]", "option B", "choice B", "it's B.", "it's B
    because", "B is/seems/would ...", "选项B". All must name the same choice: stage
    `letter_mention` ("I think it's B because it meows; however A could be right" fails).
@@ -161,8 +161,11 @@ def _read_span(span: str, choices: list[str], norm: list[str], after_phrase: boo
     if tail:
         named = _names(tail, norm)
         if texts and not (texts & own):
-            # "A piano" where "A piano" is an option: the article reading is the option text
-            return ("option_text", texts) if bare else ("ambiguous", texts | {letter})
+            # "A piano" where "A piano" is an option: the article reading is the option text. When
+            # the option's text is the letter itself ("D. It is the root." with options G, A#, D, E)
+            # the span is letter D and option C's text "D" at once: ambiguous, never a guess
+            article = bare and all(norm[t] != g.lower() for t in texts)
+            return ("option_text", texts) if article else ("ambiguous", texts | {letter})
         if named and not (named & own):
             if bare and span[0] == "A" and span[1:2] == " ":  # "A cat": an article, not option A
                 return ("option_text", named)
@@ -303,12 +306,14 @@ def extract_choice(response: str | None, choices: list[str]) -> Extraction:
     if _is_option_list(text, choices, norm_to_index):
         return Extraction(None, "option_list")
 
-    # 3. the leading answer; a letter mentioned in the same first line must agree
+    # 3. the leading answer; a letter mentioned in the same first line must agree. Both readings
+    # are taken before either decides: "D\n\nIt is the root." reads as option C's text "D" as a
+    # whole but as letter D or text "D" by its first line, and that doubt must not be skipped
     first = text.split("\n", 1)[0]  # text is stripped: its first line is not blank
-    for span in dict.fromkeys([text, first]):
-        stage, idx = _read_span(span, choices, norm, after_phrase=False)
-        if stage == "ambiguous":
-            return Extraction(None, "ambiguous")
+    leading = [_read_span(span, choices, norm, after_phrase=False) for span in dict.fromkeys([text, first])]
+    if any(stage == "ambiguous" for stage, _ in leading):
+        return Extraction(None, "ambiguous")
+    for stage, idx in leading:
         if stage and _same(idx, choices):
             if not _same(idx | _mentions(first, len(choices)), choices):
                 return Extraction(None, "ambiguous")
