@@ -82,6 +82,11 @@ class Recorder(Progress):
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
     """Seven MCQ items s0..s6 with two options each, every item its own clip of SECONDS[i] seconds."""
+    yield from tiny_tree(tmp_path, monkeypatch)
+
+
+def tiny_tree(tmp_path, monkeypatch):
+    """The `tiny` fixture's body, for other test modules' fixtures."""
     import plugins
     import soundfile as sf
 

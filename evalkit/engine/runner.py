@@ -410,19 +410,26 @@ def reached_model(rec: dict[str, Any]) -> bool:
     return rec.get("error_kind") != INPUT_ERROR
 
 
+@dataclass
+class Tally:
+    """Model calls asked and seconds spent inside the adapter. The caller owns it, so a session that
+    stops part-way (a failure of every request, a broken adapter, Ctrl-C) still reports what it asked."""
+    calls: int = 0
+    model_s: float = 0.0
+
+
 def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store: RunStore,
-                 progress: Progress, digests: dict[str, str] | None = None, strategy=None) -> tuple[int, float]:
+                 progress: Progress, tally: Tally, digests: dict[str, str] | None = None, strategy=None) -> None:
     """Ask the model for every pending presentation, batch by batch, while a pool decodes the
     audio of the next PREFETCH_BATCHES batches. Each record is appended and flushed as its request
-    completes, so a crash loses at most the requests in flight. Returns (model calls, seconds inside
-    the adapter)."""
+    completes, so a crash loses at most the requests in flight. Model calls and seconds inside the
+    adapter are added to `tally` as they happen."""
     bs = spec.batch_size or getattr(model, "preferred_batch_size", None) or model.default_batch_size
     batches = [pending[i:i + bs] for i in range(0, len(pending), bs)]
     decode = getattr(model, "needs_audio", True) and not spec.no_audio
     pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="evalkit-prep")
     submit = lambda b: [pool.submit(_prepare, task, p, spec, model, decode) for p in b]
     ahead: deque[list[Future]] = deque(submit(b) for b in batches[:PREFETCH_BATCHES])
-    calls, model_s = 0, 0.0
     fatal_run: list[str] = []  # causes of consecutive fatal responses
     fatal_total, last_cause = 0, ""
     driver, answer = None, _stream
@@ -449,34 +456,36 @@ def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store:
             waiting = {req.key: (p, req) for p, req, err in prepared if err is None}
             reqs = [req for _, req in waiting.values()]
             t0 = time.perf_counter()
-            calls += len(reqs)
-            for resp in answer(model, reqs):
-                if resp.key not in waiting:
-                    raise ModelFailure(f"the adapter answered a request it was not asked ({resp.key!r}) "
-                                       "or answered one twice")
-                p, req = waiting.pop(resp.key)
-                heard = audio_seconds(req, model)  # before the decoded arrays are released
-                for a in req.audio():
-                    a.release()
-                cause = (resp.extra or {}).get("fatal")
-                if cause:  # never reached a model: nothing recorded, a resume asks again
-                    fatal_run.append(str(cause))
-                    fatal_total, last_cause = fatal_total + 1, str(cause)
-                    progress.advance(0, 1)
-                    if len(fatal_run) >= FATAL_STOP_AFTER:
-                        break
-                    continue
-                fatal_run.clear()
-                resp = normalize_response(resp)
-                if heard is not None:
-                    fed = (resp.extra or {}).get("audio_seconds_fed")
-                    if fed is None and getattr(model, "audio_fed", None) == "all":
-                        fed = heard
-                    resp.extra = {**(resp.extra or {}), "audio_seconds": heard, "audio_seconds_fed": fed}
-                rec = _record(task, p, req, None, resp, digests)
-                store.append([rec])
-                progress.advance(1, rec["error"] is not None)
-            model_s += time.perf_counter() - t0
+            tally.calls += len(reqs)
+            try:
+                for resp in answer(model, reqs):
+                    if resp.key not in waiting:
+                        raise ModelFailure(f"the adapter answered a request it was not asked ({resp.key!r}) "
+                                           "or answered one twice")
+                    p, req = waiting.pop(resp.key)
+                    heard = audio_seconds(req, model)  # before the decoded arrays are released
+                    for a in req.audio():
+                        a.release()
+                    cause = (resp.extra or {}).get("fatal")
+                    if cause:  # never reached a model: nothing recorded, a resume asks again
+                        fatal_run.append(str(cause))
+                        fatal_total, last_cause = fatal_total + 1, str(cause)
+                        progress.advance(0, 1)
+                        if len(fatal_run) >= FATAL_STOP_AFTER:
+                            break
+                        continue
+                    fatal_run.clear()
+                    resp = normalize_response(resp)
+                    if heard is not None:
+                        fed = (resp.extra or {}).get("audio_seconds_fed")
+                        if fed is None and getattr(model, "audio_fed", None) == "all":
+                            fed = heard
+                        resp.extra = {**(resp.extra or {}), "audio_seconds": heard, "audio_seconds_fed": fed}
+                    rec = _record(task, p, req, None, resp, digests)
+                    store.append([rec])
+                    progress.advance(1, rec["error"] is not None)
+            finally:
+                tally.model_s += time.perf_counter() - t0
             if len(fatal_run) >= FATAL_STOP_AFTER:
                 raise RunStopped(f"{len(fatal_run)} requests in a row failed in a way that fails every request: "
                                  f"{fatal_run[-1]}")
@@ -493,8 +502,8 @@ def _run_pending(task, model, spec: RunSpec, pending: list[Presentation], store:
         session.close()
         pool.shutdown(wait=True, cancel_futures=True)
         if driver is not None:
+            tally.calls = driver.calls  # a strategy's sub-calls are the model calls
             driver.close()
-    return (driver.calls if driver is not None else calls), model_s
 
 
 def _open_store(run_dir: Path) -> RunStore | None:
@@ -556,7 +565,7 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
         progress.start(task.name, len(selected), len(selected) - len(pending),
                        sum(on_disk[p.key].get("error") is not None for p in selected
                            if p.key in on_disk and not retry(on_disk[p.key])))
-        calls, model_s, stopped = 0, 0.0, "interrupted"
+        tally, stopped = Tally(), "interrupted"
         try:
             if pending:
                 model = holder.model
@@ -567,7 +576,7 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
                         strategy.check_selected(selected, model)
                     except StrategyError as e:
                         raise RunConfigError(str(e)) from None
-                calls, model_s = _run_pending(task, model, spec, pending, store, progress, digests, strategy)
+                _run_pending(task, model, spec, pending, store, progress, tally, digests, strategy)
             stopped = None
         except RunStopped as e:
             stopped = f"stopped: {e}"
@@ -595,12 +604,12 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
             else:
                 run = build_run_record(spec, task, data, holder, run_id, selected, records, status,
                                        {"load_s": round(load_s, 4), "wall_s": round(wall, 4),
-                                        "model_s": round(model_s, 4), "calls": calls}, previous,
+                                        "model_s": round(tally.model_s, 4), "calls": tally.calls}, previous,
                                        identity=identity, audio_hash=audio_hash, stopped=stopped)
                 store.write_run(run)
                 if status == "complete" and (pending or (previous or {}).get("status") != "complete"):
                     task.export(records, run_dir)  # upstream-format files change only with the records
-    return RunResult(run_id, run_dir, run, calls)
+    return RunResult(run_id, run_dir, run, tally.calls)
 
 
 def _show_read_only(spec: RunSpec, run_dir: Path, run_id: str, selected: list[Presentation]) -> RunResult:
