@@ -210,3 +210,23 @@ def test_near_duplicate_option_texts_are_told_apart_by_a_letter():
 ])
 def test_markdown_headings_are_removed(response, expected):
     assert read(response, ANIMALS) == expected
+
+
+# ---------------------------------------------------------------- a statement reading a letter with another option's text
+
+
+@pytest.mark.parametrize("response", [
+    # "(B) Cow": letter B with option A's text, ambiguous by itself; its next line is an option line, so
+    # the statement starts an echoed list, whichever option that line names (the doubt holds both A and B)
+    "Answer: (B) Cow\n(C) Duck",
+    "Answer: B. Cow\n(B) Cat",
+])
+def test_letter_with_another_options_text_starting_option_lines_is_an_echo(response):
+    assert read(response, ANIMALS) == (None, "option_list")
+
+
+def test_a_statement_on_the_last_line_has_no_next_line():
+    # the first statement "(D)." is letter D, and its next line "D" names D too: no echo. The second
+    # statement ("Answer:" ends its line) is answered by that last line, a bare "D": letter D or option
+    # C's text "D". Nothing follows the last line, so it starts no list: the doubt decides
+    assert read("The answer is (D). Answer:\nD", NOTES) == (None, "ambiguous")
