@@ -67,6 +67,17 @@ def unreadable(monkeypatch, name):
     return lambda: monkeypatch.setattr(AudioRef, "load", real)
 
 
+def test_a_record_whose_input_could_not_be_prepared_still_names_its_clip_and_bytes(tiny, monkeypatch):
+    import hashlib
+
+    unreadable(monkeypatch, "c2.wav")
+    res = run_task(probe_spec(tiny))
+    rec = next(r for r in records(res) if r["key"] == "s2")
+    assert rec["error"] == "OSError: cannot decode c2.wav" and rec["error_kind"] == "input"
+    assert rec["audio"] == [{"ref": str(tiny / "audio" / "c2.wav"),
+                             "sha256": hashlib.sha256((tiny / "audio" / "c2.wav").read_bytes()).hexdigest()}]
+
+
 def test_progress_of_a_resumed_run_starts_from_what_is_on_disk(tiny, monkeypatch):
     readable = unreadable(monkeypatch, "c2.wav")
     monkeypatch.setattr(Probe, "respond", answers({"s4": model_error, "s5": None}))

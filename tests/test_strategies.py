@@ -420,6 +420,42 @@ def test_relisten_sends_the_asked_segment(tmp_path, reg, tag, samples, turns):
     assert res.run["metrics"]["accuracy"]["value"] == 100.0
 
 
+def test_relisten_cuts_the_segment_from_the_clip_at_the_adapters_rate(tmp_path, reg):
+    d = make_mcq(tmp_path, 2, seconds=2.0)
+    sf.write(d / "a.wav", np.random.default_rng(1).standard_normal(16000).astype("float32") * 0.1, 8000)  # 2 s at 8 kHz
+    res = run_task(spec(d, "relisten", sopts={"rounds": 1},
+                        margs={"mode": "seg", "seg": "<seg>0.5,1.0</seg>"}))
+    for r in records(res):  # 0.5 s at the Coin adapter's 16 kHz, not at the file's 8 kHz
+        assert r["strategy"]["calls"][1]["segment"]["samples"] == 8000
+
+
+def test_a_strategy_session_gets_the_loaded_model_and_the_run_directory(tmp_path, reg, monkeypatch):
+    import contextlib
+
+    from evalkit.engine.strategies import SelfConsistency, StrategyError
+
+    d = make_mcq(tmp_path, 2)
+    seen = []
+
+    @contextlib.contextmanager
+    def session(self, model, run_dir):
+        seen.append(("enter", type(model).__name__, Path(run_dir)))
+        yield
+        seen.append(("exit",))
+
+    monkeypatch.setattr(SelfConsistency, "session", session)
+    res = run_task(spec(d, "self-consistency", sopts={"k": 2}))
+    assert seen == [("enter", "Coin", res.run_dir), ("exit",)]
+
+    def refuse(self, model, run_dir):
+        raise StrategyError("the steering vector does not fit this model")
+
+    monkeypatch.setattr(SelfConsistency, "session", refuse)
+    with pytest.raises(RunConfigError) as e:
+        run_task(spec(d, "self-consistency", sopts={"k": 3}))
+    assert str(e.value) == "the steering vector does not fit this model"
+
+
 def test_relisten_needs_a_multi_turn_audio_adapter(tmp_path, reg):
     d = make_mcq(tmp_path, 3, seconds=1.0)
     with pytest.raises(RunConfigError, match="lacks the multi_turn_audio capability"):
