@@ -149,7 +149,8 @@ def read(run_dir):
 
 def test_failures_that_fail_every_request_stop_after_three_in_a_row(tiny, monkeypatch):
     assert FATAL_STOP_AFTER == 3
-    monkeypatch.setattr(Probe, "respond", answers({k: fatal("HTTP 401 from the server") for k in KEYS[2:]}))
+    causes = {k: fatal("HTTP 401 from the server" if k == "s4" else f"HTTP 401 ({k})") for k in KEYS[2:]}
+    monkeypatch.setattr(Probe, "respond", answers(causes))
     seen = Recorder()
     with pytest.raises(RunStopped) as e:
         run_task(probe_spec(tiny, batch_size=7), progress=seen)
@@ -364,3 +365,83 @@ def test_an_adapters_protocol_refusal_stops_before_any_call(tiny, monkeypatch):
     with pytest.raises(RunConfigError, match="upstream order"):
         run_task(probe_spec(tiny))
     assert Probe.batches == [] and not (tiny / "runs").exists()
+
+
+# ---------------------------------------------------------------- more of run_task
+
+
+def test_an_interrupted_session_says_so_and_keeps_what_it_recorded(tiny, monkeypatch):
+    def respond(self, r):
+        if r.key == "s3":
+            raise KeyboardInterrupt
+        return self.correct(r)
+
+    monkeypatch.setattr(Probe, "respond", respond)
+    with pytest.raises(KeyboardInterrupt):
+        run_task(probe_spec(tiny, batch_size=1))
+    run_dir = next((tiny / "runs").iterdir())
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "incomplete" and run["stopped"] == "interrupted"
+    assert [r["key"] for r in read(run_dir)] == ["s0", "s1", "s2"]
+
+
+def test_an_existing_run_directory_survives_a_failed_start(tiny, monkeypatch):
+    from evalkit.engine import runner
+
+    ids = []
+    real = runner.compute_run_id
+    monkeypatch.setattr(runner, "compute_run_id", lambda *a, **k: ids.append(real(*a, **k)) or ids[-1])
+    monkeypatch.setattr(Probe, "respond", answers({k: fatal("quota") for k in KEYS}))
+    with pytest.raises(RunStopped):
+        run_task(probe_spec(tiny))
+    assert not (tiny / "runs" / ids[0]).exists()  # made by this failed start: removed
+    (tiny / "runs" / ids[0]).mkdir()  # made before the start (say by the user): kept, empty
+    with pytest.raises(RunStopped):
+        run_task(probe_spec(tiny))
+    assert ids[1] == ids[0] and (tiny / "runs" / ids[0]).is_dir()
+
+
+def test_a_task_without_audio_has_no_audio_hash(tiny):
+    items = json.loads((tiny / "toy.json").read_text())
+    for it in items:
+        del it["audio"]
+    (tiny / "toy.json").write_text(json.dumps(items))
+    res = run_task(probe_spec(tiny))
+    assert res.run["task"]["audio_hash"] is None and res.run["status"] == "complete"
+    assert all(r["audio"] == [] for r in records(res))
+
+
+def test_a_task_that_is_not_multiple_choice_shows_its_options_in_their_own_order(tiny):
+    spec = probe_spec(tiny)
+    spec.task, spec.choices = "toy-open", "balanced"
+    res = run_task(spec)
+    assert [r["permutation"] for r in records(res)] == [[0, 1]] * 7
+    assert [r.text().count("(A) yes") for r in Probe.seen] == [1] * 7
+    balanced = probe_spec(tiny)  # the same items as multiple choice: balanced reorders some of them
+    balanced.choices = "balanced"
+    assert [1, 0] in [r["permutation"] for r in records(run_task(balanced))]
+
+
+def test_the_loaded_models_own_strategy_check_refuses_with_its_message(tiny, monkeypatch):
+    from evalkit.engine.strategies import SelfConsistency, StrategyError
+
+    def check(self, task, model, spec):
+        if not isinstance(model, type):  # the class passes; the loaded instance narrows it
+            raise StrategyError("this preset cannot sample: -S temperature is ignored")
+
+    monkeypatch.setattr(SelfConsistency, "check", check)
+    spec = probe_spec(tiny)
+    spec.strategy, spec.strategy_options = "self-consistency", {"k": 2}
+    with pytest.raises(RunConfigError) as e:
+        run_task(spec)
+    assert str(e.value) == "this preset cannot sample: -S temperature is ignored" and Probe.batches == []
+
+
+def test_a_completed_retry_compacts_in_the_order_of_the_selection(tiny, monkeypatch):
+    monkeypatch.setattr(Probe, "respond", answers({"s3": model_error}))
+    first = run_task(probe_spec(tiny, shard=(1, 2)))  # s1, s3, s5 first in the file
+    assert [r["key"] for r in records(first)] == ["s1", "s3", "s5"]
+    monkeypatch.setattr(Probe, "respond", None)
+    res = run_task(probe_spec(tiny, retry_errors=True))
+    assert res.run_dir == first.run_dir and res.run["status"] == "complete"
+    assert [r["key"] for r in read(res.run_dir)] == KEYS

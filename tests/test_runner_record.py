@@ -641,7 +641,7 @@ def plain_presentations(*ids):
 
 def test_read_only_finished_run_is_shown_as_it_is(tmp_path):
     finished_folder(tmp_path, [{"key": "a", "error": None}, {"key": "b", "error": "HTTP 500", "error_kind": "model"}])
-    res = runner._show_read_only(spec(), tmp_path, "rid0", plain_presentations("a", "b"))
+    res = runner._show_read_only(tmp_path, "rid0", plain_presentations("a", "b"))
     assert (res.run_id, res.run_dir, res.run, res.calls) == ("rid0", tmp_path, {"run_id": "rid0", "status": "complete"},
                                                              0)
 
@@ -654,7 +654,7 @@ def test_read_only_finished_run_is_shown_as_it_is(tmp_path):
 def test_read_only_unfinished_run_is_refused(tmp_path, records, run, to_do):
     finished_folder(tmp_path, records, run)
     with pytest.raises(RunConfigError) as e:
-        runner._show_read_only(spec(), tmp_path, "rid0", plain_presentations("a", "b"))
+        runner._show_read_only(tmp_path, "rid0", plain_presentations("a", "b"))
     assert str(e.value) == (f"cannot write to the run directory {tmp_path} (read-only or no permission), and the "
                             f"run is not finished ({to_do} of 2 samples to do); pass --output DIR to a writable folder")
 

@@ -555,7 +555,7 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
     existed = run_dir.exists()
     store = _open_store(run_dir)
     if store is None:
-        return _show_read_only(spec, run_dir, run_id, selected)
+        return _show_read_only(run_dir, run_id, selected)
     with store:
         started = time.perf_counter()
         on_disk = store.load()
@@ -612,7 +612,7 @@ def run_task(spec: RunSpec, holder: ModelHolder | None = None, progress: Progres
     return RunResult(run_id, run_dir, run, tally.calls)
 
 
-def _show_read_only(spec: RunSpec, run_dir: Path, run_id: str, selected: list[Presentation]) -> RunResult:
+def _show_read_only(run_dir: Path, run_id: str, selected: list[Presentation]) -> RunResult:
     """A finished run in a folder this process cannot write: shown as it is, nothing written."""
     from evalkit.engine.store import read_records
 
