@@ -3,6 +3,7 @@ adapter owes, timings, the export of upstream files, clean-up after a failed sta
 derived by hand from the documented behaviour (issue 11: mutation kill rate of evalkit/engine/runner.py)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -68,8 +69,6 @@ def unreadable(monkeypatch, name):
 
 
 def test_a_record_whose_input_could_not_be_prepared_still_names_its_clip_and_bytes(tiny, monkeypatch):
-    import hashlib
-
     unreadable(monkeypatch, "c2.wav")
     res = run_task(probe_spec(tiny))
     rec = next(r for r in records(res) if r["key"] == "s2")
@@ -119,6 +118,10 @@ def test_a_request_left_unanswered_becomes_a_model_error_record(tiny, monkeypatc
     for k in ("s1", "s4"):
         assert recs[k]["error"] == "adapter returned no response for this request"
         assert recs[k]["error_kind"] == "model" and recs[k]["output"] is None
+        # the request it was asked, and the bytes of its clip, as for any record
+        clip = tiny / "audio" / f"c{k[1:]}.wav"
+        assert recs[k]["prompt"][0]["content"][0] == {"type": "audio", "audio": str(clip)}
+        assert recs[k]["audio"][0]["sha256"] == hashlib.sha256(clip.read_bytes()).hexdigest()
     # the unanswered request of each batch is reported after the answered ones, as one advance
     assert seen.advanced == [(1, 0), (1, 0), (1, 1), (1, 0), (1, 0), (1, 1), (1, 0)]
     assert res.run["status"] == "complete" and res.run["counts"]["errors"] == 2
@@ -445,3 +448,25 @@ def test_a_completed_retry_compacts_in_the_order_of_the_selection(tiny, monkeypa
     res = run_task(probe_spec(tiny, retry_errors=True))
     assert res.run_dir == first.run_dir and res.run["status"] == "complete"
     assert [r["key"] for r in read(res.run_dir)] == KEYS
+
+
+def test_the_run_record_holds_the_audio_hash_that_enters_the_run_id(tiny):
+    from evalkit.engine.runner import compute_run_id
+
+    res = run_task(probe_spec(tiny))
+    audio_hash = res.run["task"]["audio_hash"]
+    assert isinstance(audio_hash, str) and len(audio_hash) >= 16
+    (tiny / "audio" / "c6.wav").write_bytes((tiny / "audio" / "c6.wav").read_bytes()[:-2])  # new bytes, same name
+    again = run_task(probe_spec(tiny))
+    assert again.run["task"]["audio_hash"] != audio_hash and again.run_id != res.run_id
+    # the run id is the documented hash of the recorded identity with that audio hash
+    task = registry.get_task("toy-mcq").from_args({"data": str(tiny / "toy.json")})
+    model = {k: v for k, v in again.run["model"].items() if k != "info"}
+    assert compute_run_id(model, task, again.run["task"]["data_hash"], probe_spec(tiny),
+                          again.run["task"]["audio_hash"]) == again.run_id
+
+
+def test_an_empty_shard_is_a_complete_run_with_no_figures(tiny):
+    res = run_task(probe_spec(tiny, shard=(7, 8)))  # eight shards of seven samples: the eighth is empty
+    assert res.run["status"] == "complete" and res.run["counts"]["records"] == 0 and res.run["metrics"] == {}
+    assert res.run_dir.is_dir() and res.calls == 0 and Probe.batches == []
