@@ -293,6 +293,7 @@ class Exporting(ToyMCQ):
     exported: list[list[str]] = []
 
     def export(self, records, run_dir):
+        assert (run_dir / "samples.jsonl").is_file()  # written into the run's own folder
         Exporting.exported.append([r["key"] for r in records])
         return []
 
@@ -470,3 +471,12 @@ def test_an_empty_shard_is_a_complete_run_with_no_figures(tiny):
     res = run_task(probe_spec(tiny, shard=(7, 8)))  # eight shards of seven samples: the eighth is empty
     assert res.run["status"] == "complete" and res.run["counts"]["records"] == 0 and res.run["metrics"] == {}
     assert res.run_dir.is_dir() and res.calls == 0 and Probe.batches == []
+
+
+def test_a_strategy_record_has_the_plain_fields_and_its_strategy(tiny):
+    plain = records(run_task(probe_spec(tiny)))
+    spec = probe_spec(tiny)
+    spec.strategy, spec.strategy_options = "self-consistency", {"k": 2}
+    voted = records(run_task(spec))
+    assert [sorted(r) for r in voted] == [sorted([*r, "strategy"]) for r in plain]
+    assert all("strategy" not in r["extra"] for r in voted)  # moved out of extra, not copied

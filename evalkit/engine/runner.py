@@ -369,10 +369,9 @@ def _record(task, p: Presentation, req: Request | None, err: str | None, resp: R
     rec.update(score_record(task, rec))
     bad = unserializable_field(rec)
     if bad is not None:  # never a crash, never a record that cannot be read back: an error record naming the field
-        rec = base_record(p, req, digests)
+        rec = base_record(p, req, digests)  # a plain error record: the strategy's part may be what could not be logged
         rec.update({"output": None, "error": f"the response could not be logged: {bad}", "error_kind": MODEL_ERROR,
                     "latency_s": resp.latency_s if resp else None, "extra": {}})
-        rec.pop("strategy", None)  # the strategy's part may be what could not be logged: a plain error record
         rec.update(task.score(rec))
     return rec
 
