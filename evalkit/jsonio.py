@@ -1,5 +1,5 @@
 """Reading JSON and JSONL the way data files need it, shared by tasks and adapters: lines split on
-"\\n" only, NaN/Infinity read as missing. Imports nothing from evalkit."""
+"\\n" only, NaN/Infinity read as missing; text made writable to a UTF-8 log. Imports nothing from evalkit."""
 from __future__ import annotations
 
 import json
@@ -18,6 +18,17 @@ def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
     for lineno, line in enumerate(text.split("\n"), 1):
         if line.strip(" \t\r"):
             yield lineno, line
+
+
+def repair_surrogates(text: str) -> tuple[str, bool]:
+    """(text that UTF-8 can hold, whether it needed repair). Surrogates cannot be written to a UTF-8
+    log: a high and a low one side by side become the character they encode (as a UTF-16 reader would
+    read them), each lone one becomes one U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text, False
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace"), True
 
 
 def _nonfinite_to_none(name: str) -> None:

@@ -48,7 +48,6 @@ import math
 import os
 import queue
 import random
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -59,6 +58,7 @@ import numpy as np
 from pydantic import Field
 
 from evalkit.engine.secrets import mask_json, mask_logs, mask_text, redact_args, register_secret
+from evalkit.jsonio import repair_surrogates
 from evalkit.models.base import AdapterConfig, Model
 from evalkit.types import AudioRef, Request, Response
 
@@ -74,7 +74,6 @@ RETRIED_4XX = frozenset({408, 409, 429})
 FATAL_STATUS = frozenset({401, 403, 404})
 #: gateways and overloaded servers repeat one body while the failure is transient: no identical-body cap
 TRANSIENT_5XX = frozenset({502, 503, 504})
-_SURROGATE = re.compile("[\ud800-\udfff]")
 #: the content probe (see _probe_content): a short message, and the same with PROBE_EXTRA_WORDS more words
 PROBE_TEXT = "evalkit content probe: reply with the word OK."
 PROBE_EXTRA_WORDS = 64
@@ -149,14 +148,6 @@ def _is_local(url: str) -> bool:
         return (urlsplit(url).hostname or "") in _LOCAL_HOSTS
     except ValueError:
         return False
-
-
-def repair_text(text: str) -> tuple[str, bool]:
-    """(text with lone surrogates replaced by U+FFFD, whether any were): no UTF-8 log can hold them.
-    json.loads joins valid surrogate pairs, so any surrogate left in a str is a lone one."""
-    if _SURROGATE.search(text) is None:
-        return text, False
-    return _SURROGATE.sub("\ufffd", text), True
 
 
 def _preview(value: Any, limit: int = 200) -> str:
@@ -417,7 +408,7 @@ class OpenAICompatible(Model):
 
     def _clean(self, text: str) -> str:
         """An error message as records may hold it: secrets masked, lone surrogates replaced, bounded."""
-        text = mask_text(repair_text(text)[0])
+        text = mask_text(repair_surrogates(text)[0])
         if len(text) > _MAX_ERROR_CHARS:
             text = text[:_MAX_ERROR_CHARS] + "..."
         return text
@@ -638,12 +629,12 @@ class OpenAICompatible(Model):
         text, error, extra = parse_reply(completion)
         extra["retries"] = retries
         if isinstance(completion, dict) and isinstance(completion.get("model"), str):
-            self._served_model = repair_text(completion["model"])[0]
+            self._served_model = repair_surrogates(completion["model"])[0]
         if "refusal" in extra:
-            extra["refusal"] = repair_text(extra["refusal"])[0]
+            extra["refusal"] = repair_surrogates(extra["refusal"])[0]
         if error is not None:
             return Response(req.key, error=self._clean(error), latency_s=latency, extra=extra)
-        text, repaired = repair_text(text or "")
+        text, repaired = repair_surrogates(text or "")
         if repaired:
             extra["text_repaired"] = "surrogates"
         return Response(req.key, text=text, latency_s=latency, extra=extra)
@@ -728,4 +719,4 @@ def _error_message(e: Any) -> str:
     return str(getattr(e, "message", None) or e)
 
 
-__all__ = ["OpenAICompatible", "OpenAIConfig", "clean_url", "parse_reply", "parse_retry_after", "repair_text"]
+__all__ = ["OpenAICompatible", "OpenAIConfig", "clean_url", "parse_reply", "parse_retry_after"]

@@ -751,10 +751,14 @@ def test_lone_surrogates_are_replaced_and_the_repair_noted():
 
     out = runner.normalize_response(Response("k1", text="ok \ud800 end", error="partial", latency_s=0.5,
                                              extra={"tokens": 3}))
-    # the surrogate's three bytes (ED A0 80) are each invalid UTF-8: three replacement characters
-    assert (out.key, out.text, out.error, out.latency_s) == ("k1", "ok \ufffd\ufffd\ufffd end", "partial", 0.5)
+    # one replacement character per lone surrogate (not one per byte of its UTF-8 form)
+    assert (out.key, out.text, out.error, out.latency_s) == ("k1", "ok \ufffd end", "partial", 0.5)
     assert out.extra == {"tokens": 3, "text_repaired": "surrogates"}
-    assert runner.normalize_response(Response("k2", text="\udfff")).extra == {"text_repaired": "surrogates"}
+    low = runner.normalize_response(Response("k2", text="\udfff"))
+    assert (low.text, low.extra) == ("\ufffd", {"text_repaired": "surrogates"})
+    # a high and a low surrogate side by side are the character they encode (U+1F600); a low before a high is not
+    pair = runner.normalize_response(Response("k3", text="a\ud83d\ude00b\ude00\ud83dc"))
+    assert pair.text == "a\N{GRINNING FACE}b\ufffd\ufffdc" and pair.text.encode("utf-8")
 
 
 @pytest.mark.parametrize("text", ["plain é ✓", None, ""])

@@ -31,6 +31,7 @@ from evalkit.engine.provenance import environment, git_commit, stable_hash
 from evalkit.engine.secrets import mask_json, mask_text, redact_args
 from evalkit.engine.store import RunStore, unserializable_field
 from evalkit.engine.strategies import Driver, StrategyError, get_strategy, run_summary, score_record
+from evalkit.jsonio import repair_surrogates
 from evalkit.protocol.choices import gold_histogram, present
 from evalkit.registry import get_model, get_task
 from evalkit.results.diagnostics import run_diagnostics
@@ -330,25 +331,19 @@ def _stream(model, reqs: list[Request]):
         raise ModelFailure(f"{type(e).__name__}: {e}") from e
 
 
-def _lone_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
-
-
 def normalize_response(resp: Response) -> Response:
     """The last line of defence for replies of any shape: text that is not a string becomes an error
-    response naming its type; lone surrogates (which no UTF-8 log can hold) are replaced by U+FFFD and
-    the repair is recorded in `extra`."""
+    response naming its type; surrogates (which no UTF-8 log can hold) are repaired and the repair is
+    recorded in `extra`: a high and low surrogate side by side become the character they encode (as a
+    UTF-16 reader would), each lone one becomes one U+FFFD."""
     if resp.text is not None and not isinstance(resp.text, str):
         return Response(resp.key, error=f"adapter returned a {type(resp.text).__name__} as its output, not text",
                         latency_s=resp.latency_s, extra=dict(resp.extra or {}))
-    if isinstance(resp.text, str) and _lone_surrogates(resp.text):
-        text = resp.text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-        return Response(resp.key, text=text, error=resp.error, latency_s=resp.latency_s,
-                        extra={**(resp.extra or {}), "text_repaired": "surrogates"})
+    if isinstance(resp.text, str):
+        text, repaired = repair_surrogates(resp.text)
+        if repaired:
+            return Response(resp.key, text=text, error=resp.error, latency_s=resp.latency_s,
+                            extra={**(resp.extra or {}), "text_repaired": "surrogates"})
     return resp
 
 
