@@ -335,6 +335,15 @@ def test_rewrite_replaces_the_log_and_appending_continues_after_it(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "samples.jsonl"]
 
 
+def test_rewrite_with_a_record_that_cannot_be_encoded_changes_no_file(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.append([{"key": "a"}])
+        with pytest.raises(ValueError):
+            store.rewrite([{"key": "b"}, {"key": "c", "v": float("nan")}])
+    assert (tmp_path / "samples.jsonl").read_bytes() == b'{"key": "a"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "samples.jsonl"]  # no empty temp file left
+
+
 def test_compact_orders_keep_order_first_then_the_rest_as_first_seen(tmp_path):
     path = tmp_path / "samples.jsonl"
     path.write_bytes(b'{"key": "a", "v": 1}\n{"key": "b"}\n{"key": "a", "v": 2}\n{"key": "c"}\n')

@@ -173,9 +173,10 @@ class RunStore:
         if self._out is not None:
             self._out.close()
             self._out = None
+        data = "".join(encode_record(r) for r in records)  # a record that cannot be encoded fails before any file is touched
         tmp = self.samples_path.with_name(SAMPLES + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(encode_record(r) for r in records))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.samples_path)
