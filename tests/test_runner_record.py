@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from evalkit import __version__
 from evalkit.engine import runner
 from evalkit.engine.runner import RunConfigError, RunSpec, check_pairing, compute_run_id
+from evalkit.models.base import AdapterConfig, Model
 from evalkit.tasks.base import MCQTask, Task, TaskOptions
 from evalkit.types import GenerationConfig
 
@@ -722,13 +724,39 @@ def test_input_paths_walk_nested_adapter_specs(tmp_path, toy_registry):
             "model_dir": str(weights), "name_only": "not/a/path", "n": 3,
             "captioner": {"name": "scripted", "args": {"answers": str(answers), "calls_log": str(log)}},
             "lookalike": {"name": "no-such-adapter", "args": {"calls_log": str(log)}},
+            "named_file": {"name": str(notes), "args": {}},  # its "name" is a file, not an adapter
             "notes": str(notes)}
     assert runner.input_paths(top, args) == {
         "model_dir": str(weights),
         "captioner.args.answers": str(answers),  # scripted's calls_log is volatile for scripted
         "lookalike.args.calls_log": str(log),  # not an adapter: every path in it counts
+        "named_file.name": str(notes),
         "notes": str(notes)}
     assert runner.input_paths(SimpleNamespace(), {"notes": str(notes)}, "outer.") == {"outer.notes": str(notes)}
+
+
+class PathArgConfig(AdapterConfig):
+    weights: Path  # a Path-typed argument: fingerprinted like a string one
+
+
+class PathArg(Model):
+    name = "path-arg"
+    capabilities = frozenset({"text"})
+    Config = PathArgConfig
+
+
+def test_a_path_typed_adapter_argument_is_fingerprinted(tmp_path, monkeypatch):
+    from evalkit import registry
+    from evalkit.engine.fingerprint import Fingerprints
+
+    monkeypatch.setenv("EVALKIT_MODELS", "path-arg=test_runner_record:PathArg")
+    registry._table.cache_clear()
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    holder = runner.ModelHolder("path-arg", {"weights": str(tmp_path / "w.bin")})
+    with Fingerprints() as fp:
+        identity = holder.identity(fp)
+    registry._table.cache_clear()
+    assert identity["args"] == {"weights": str(tmp_path / "w.bin")} and list(identity["content"]) == ["weights"]
 
 
 # ---------------------------------------------------------------- replies of any shape
