@@ -759,6 +759,29 @@ def test_a_path_typed_adapter_argument_is_fingerprinted(tmp_path, monkeypatch):
     assert identity["args"] == {"weights": str(tmp_path / "w.bin")} and list(identity["content"]) == ["weights"]
 
 
+class Preflighted(PathArg):
+    name = "preflighted"
+
+    @classmethod
+    def preflight(cls, config):
+        if not config.weights.exists():
+            raise RuntimeError(f"{config.weights}: no weights there; pass -M weights=PATH")
+
+
+def test_the_adapters_preflight_sees_the_validated_config_before_anything_loads(tmp_path, monkeypatch):
+    from evalkit import registry
+
+    monkeypatch.setenv("EVALKIT_MODELS", "preflighted=test_runner_record:Preflighted")
+    registry._table.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="no weights there"):
+            runner.ModelHolder("preflighted", {"weights": str(tmp_path / "missing.bin")})
+        (tmp_path / "w.bin").write_bytes(b"w")
+        assert runner.ModelHolder("preflighted", {"weights": str(tmp_path / "w.bin")})._model is None  # not loaded
+    finally:
+        registry._table.cache_clear()
+
+
 # ---------------------------------------------------------------- replies of any shape
 
 
