@@ -888,7 +888,12 @@ def test_validate_refuses(kw, message):
     {"strategy": "self-consistency", "strategy_options": {"k": 3}},
 ])
 def test_validate_accepts_the_smallest_legal_values(kw):
-    spec(**kw).validate()
+    import copy
+
+    accepted = spec(**kw)
+    before = copy.deepcopy(accepted)
+    assert accepted.validate() is None  # raises RunConfigError on a refusal
+    assert accepted == before  # and changes nothing it accepts
 
 
 def test_make_strategy():

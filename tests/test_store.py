@@ -275,8 +275,13 @@ def test_acquire_twice_is_a_no_op_and_release_frees_the_lock(tmp_path):
 
 def test_release_of_a_store_never_acquired_is_harmless(tmp_path):
     RunStore(tmp_path).release()
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing locked
     with RunStore(tmp_path):
         pass
+    other = RunStore(tmp_path)
+    other.acquire()  # the lock taken above was given back
+    other.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
 
 
 # -- RunStore: records -----------------------------------------------------------------------------

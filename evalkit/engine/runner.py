@@ -333,9 +333,8 @@ def _stream(model, reqs: list[Request]):
 
 def normalize_response(resp: Response) -> Response:
     """The last line of defence for replies of any shape: text that is not a string becomes an error
-    response naming its type; surrogates (which no UTF-8 log can hold) are repaired and the repair is
-    recorded in `extra`: a high and low surrogate side by side become the character they encode (as a
-    UTF-16 reader would), each lone one becomes one U+FFFD."""
+    response naming its type; surrogates (which no UTF-8 log can hold) are repaired by
+    `evalkit.jsonio.repair_surrogates` and the repair is recorded in `extra`."""
     if resp.text is not None and not isinstance(resp.text, str):
         return Response(resp.key, error=f"adapter returned a {type(resp.text).__name__} as its output, not text",
                         latency_s=resp.latency_s, extra=dict(resp.extra or {}))
